@@ -1,0 +1,114 @@
+"""Environment → typed settings. The only module that reads ``os.environ``."""
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
+DEFAULT_FULL_SYNC_CRON = "0 * * * *"
+DEFAULT_MAX_DELETE_FRACTION = 0.2
+
+APP_ROLES = ("owner", "admin", "member", "viewer")
+DEFAULT_ROLE_MAP: dict[str, str] = {
+    "org:owner": "owner",
+    "org:admin": "admin",
+    "org:member": "member",
+    "org:viewer": "viewer",
+    # Keys from instances created before Clerk prefixed role keys with "org:".
+    "admin": "admin",
+    "basic_member": "member",
+    "guest_member": "viewer",
+}
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value orgsync cannot use."""
+
+
+class Secret:
+    """A string that never shows itself in ``str``, ``repr``, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything orgsync reads from its environment, parsed and checked once."""
+
+    database_url: Secret | None = None
+    clerk_secret_key: Secret | None = None
+    clerk_api_url: str = DEFAULT_CLERK_API_URL
+    role_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLE_MAP))
+    max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
+    full_sync_cron: str = DEFAULT_FULL_SYNC_CRON
+    home: Path = Path(".orgsync")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read orgsync's settings from ``environ`` (default: the process environment)."""
+    env = os.environ if environ is None else environ
+    return Settings(
+        database_url=_secret(env, "DATABASE_URL"),
+        clerk_secret_key=_secret(env, "CLERK_SECRET_KEY"),
+        clerk_api_url=(env.get("CLERK_API_URL") or DEFAULT_CLERK_API_URL).rstrip("/"),
+        role_map=parse_role_map(env.get("ORGSYNC_ROLE_MAP")),
+        max_delete_fraction=_fraction(env, "ORGSYNC_MAX_DELETE_FRACTION", DEFAULT_MAX_DELETE_FRACTION),
+        full_sync_cron=env.get("ORGSYNC_FULL_SYNC_CRON") or DEFAULT_FULL_SYNC_CRON,
+        home=Path(env.get("ORGSYNC_HOME") or ".orgsync").absolute(),
+    )
+
+
+def is_set(name: str) -> bool:
+    """Whether environment variable ``name`` is set to a non-empty value."""
+    return bool(os.environ.get(name))
+
+
+def parse_role_map(raw: str | None) -> dict[str, str]:
+    """The default Clerk-role → app-role map, extended or overridden by ``ORGSYNC_ROLE_MAP`` (JSON)."""
+    role_map = dict(DEFAULT_ROLE_MAP)
+    if not raw:
+        return role_map
+    try:
+        extra = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"ORGSYNC_ROLE_MAP is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(extra, dict):
+        raise SettingsError('ORGSYNC_ROLE_MAP must be a JSON object such as {"org:billing": "member"}')
+    for clerk_role, app_role in extra.items():
+        if app_role not in APP_ROLES:
+            raise SettingsError(
+                f"ORGSYNC_ROLE_MAP maps {clerk_role!r} to {app_role!r}; app roles are {', '.join(APP_ROLES)}"
+            )
+    role_map.update(extra)
+    return role_map
+
+
+def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+    value = env.get(name)
+    return Secret(value) if value else None
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number between 0 and 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name} must be between 0 and 1, got {raw!r}")
+    return value

@@ -1,0 +1,563 @@
+"""THE write path: the only code that writes synced rows, tombstones and quarantine.
+
+The full sync and webhook events both call these functions, inside a transaction the caller
+owns. The rules they enforce:
+
+- **Newer wins**: a row changes only when the incoming ``updated_at`` is at least the stored one
+  and its content differs, so replaying anything old writes nothing.
+- **Deletes are final for what came before them**: organizations and profiles are soft-deleted
+  (``deleted_at``); a deleted membership leaves a tombstone. Data no newer than the deletion never
+  brings a row back; newer data (a user who rejoins) does.
+- **No foreign-key failure from ordering**: a membership's organization and a stub of its user are
+  written before it; a membership whose parent still does not exist is quarantined.
+- **Bulk and quiet**: rows are staged with ``COPY`` and merged with one statement per table that
+  only touches rows whose content changed.
+"""
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import Connection
+
+from orgsync_pipeline.rows import MembershipKey, MembershipRow, OrganizationRow, ProfileRow, QuarantinedRecord
+from orgsync_pipeline.store.schema import (
+    ORG_ROLE,
+    membership_tombstones,
+    organization_members,
+    organizations,
+    profiles,
+    sync_quarantine,
+)
+
+
+@dataclass
+class ApplyCounts:
+    """What one apply call did. ``unchanged`` counts rows identical to, older than, or deleted
+    after what is stored."""
+
+    received: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+
+    def __add__(self, other: "ApplyCounts") -> "ApplyCounts":
+        return ApplyCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+@dataclass
+class MembershipApplyCounts:
+    memberships: ApplyCounts = field(default_factory=ApplyCounts)
+    organizations: ApplyCounts = field(default_factory=ApplyCounts)
+    profile_stubs: int = 0
+
+
+# Staging tables: one per row shape, temporary and dropped at commit. Timestamps stay Clerk's
+# milliseconds here; the merge converts them exactly with orgsync_ms_to_timestamptz (sql/0001).
+_stage_metadata = sa.MetaData()
+
+
+def _stage_table(name: str, *columns: sa.Column) -> sa.Table:
+    return sa.Table(name, _stage_metadata, *columns, prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
+
+
+_stage_organizations = _stage_table(
+    "orgsync_stage_organizations",
+    sa.Column("id", sa.Text),
+    sa.Column("name", sa.Text),
+    sa.Column("slug", sa.Text),
+    sa.Column("image_url", sa.Text),
+    sa.Column("public_metadata", pg.JSONB),
+    sa.Column("created_at", sa.BigInteger),
+    sa.Column("updated_at", sa.BigInteger),
+)
+_stage_profiles = _stage_table(
+    "orgsync_stage_profiles",
+    sa.Column("id", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("first_name", sa.Text),
+    sa.Column("last_name", sa.Text),
+    sa.Column("image_url", sa.Text),
+    sa.Column("created_at", sa.BigInteger),
+    sa.Column("updated_at", sa.BigInteger),
+)
+_stage_memberships = _stage_table(
+    "orgsync_stage_memberships",
+    sa.Column("id", sa.Text),
+    sa.Column("organization_id", sa.Text),
+    sa.Column("user_id", sa.Text),
+    sa.Column("role", sa.Text),
+    sa.Column("clerk_role", sa.Text),
+    sa.Column("created_at", sa.BigInteger),
+    sa.Column("updated_at", sa.BigInteger),
+)
+
+
+def _ms_to_timestamptz(column: sa.ColumnElement[int]) -> sa.ColumnElement[datetime]:
+    return sa.func.orgsync_ms_to_timestamptz(column, type_=sa.DateTime(timezone=True))
+
+
+def _text_array(values: Iterable[str]) -> sa.BindParameter[list[str]]:
+    return sa.bindparam(None, list(values), type_=pg.ARRAY(sa.Text))
+
+
+def _stage(conn: Connection, stage: sa.Table, rows: Iterable[tuple]) -> None:
+    """(Re)create ``stage`` in this transaction and fill it with ``COPY``."""
+    stage.drop(conn, checkfirst=True)
+    stage.create(conn)
+    copy_statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(stage.name),
+        sql.SQL(", ").join(sql.Identifier(column.name) for column in stage.columns),
+    )
+    with conn.connection.driver_connection.cursor() as cursor, cursor.copy(copy_statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _latest_by(stage: sa.Table, *key: sa.Column) -> sa.Subquery:
+    """One staged row per key, the newest; ordered by key so concurrent merges lock rows in the same order."""
+    return (
+        sa.select(stage)
+        .distinct(*key)
+        .order_by(*key, stage.c.updated_at.desc().nulls_last())
+        .subquery("incoming")
+    )
+
+
+def _newer_or_adopted(
+    target: sa.Table, incoming_updated_at: sa.ColumnElement[datetime]
+) -> sa.ColumnElement[bool]:
+    """The incoming version may replace the stored one: it is at least as new, or orgsync never
+    wrote the stored row (adopted data, or a stub without Clerk timestamps)."""
+    return sa.or_(
+        target.c.synced_at.is_(None),
+        target.c.updated_at.is_(None),
+        incoming_updated_at >= target.c.updated_at,
+    )
+
+
+def _differs(
+    target: sa.Table, excluded: sa.ColumnCollection, columns: Sequence[str]
+) -> sa.ColumnElement[bool]:
+    return sa.tuple_(*(target.c[name] for name in columns)).is_distinct_from(
+        sa.tuple_(*(excluded[name] for name in columns))
+    )
+
+
+def _count_merge(result: sa.CursorResult, received: int) -> ApplyCounts:
+    flags = result.scalars().all()
+    inserted = sum(1 for flag in flags if flag)
+    updated = len(flags) - inserted
+    return ApplyCounts(received=received, inserted=inserted, updated=updated, unchanged=received - len(flags))
+
+
+# xmax is 0 only on a freshly inserted tuple: tells inserts from updates in the merge's RETURNING.
+_WAS_INSERTED = sa.literal_column("(xmax = 0)", type_=sa.Boolean).label("inserted")
+
+
+def _merge_entity(conn: Connection, target: sa.Table, stage: sa.Table, content: Sequence[str]) -> ApplyCounts:
+    """Merge a staged organizations/profiles batch into ``target`` (newer wins, no resurrection)."""
+    incoming = _latest_by(stage, stage.c.id)
+    received = conn.execute(sa.select(sa.func.count()).select_from(incoming)).scalar_one()
+    values = {name: incoming.c[name] for name in ("id", *content)}
+    values["created_at"] = _ms_to_timestamptz(incoming.c.created_at)
+    values["updated_at"] = _ms_to_timestamptz(incoming.c.updated_at)
+    values["synced_at"] = sa.func.now()
+    statement = pg.insert(target).from_select(list(values), sa.select(*values.values()))
+    excluded = statement.excluded
+    compared = [*content, "created_at", "updated_at", "deleted_at"]
+    statement = statement.on_conflict_do_update(
+        index_elements=[target.c.id],
+        set_={**{name: excluded[name] for name in values if name != "id"}, "deleted_at": None},
+        where=sa.and_(
+            _newer_or_adopted(target, excluded.updated_at),
+            # A deletion stands against anything not newer than it.
+            sa.or_(target.c.deleted_at.is_(None), excluded.updated_at > target.c.deleted_at),
+            _differs(target, excluded, compared),
+        ),
+    ).returning(_WAS_INSERTED)
+    return _count_merge(conn.execute(statement), received)
+
+
+def _release_quarantine(conn: Connection, entity: str, stage: sa.Table) -> None:
+    """A record that validates now leaves the quarantine."""
+    conn.execute(
+        sa.delete(sync_quarantine).where(
+            sync_quarantine.c.entity == entity,
+            sync_quarantine.c.clerk_id.in_(sa.select(stage.c.id)),
+        )
+    )
+
+
+def apply_organizations(conn: Connection, rows: Sequence[OrganizationRow]) -> ApplyCounts:
+    """Upsert validated organizations: inserts new ones, updates changed ones that are newer."""
+    if not rows:
+        return ApplyCounts()
+    _stage(conn, _stage_organizations, rows)
+    counts = _merge_entity(
+        conn, organizations, _stage_organizations, ("name", "slug", "image_url", "public_metadata")
+    )
+    _release_quarantine(conn, "organization", _stage_organizations)
+    return counts
+
+
+def apply_profiles(conn: Connection, rows: Sequence[ProfileRow]) -> ApplyCounts:
+    """Upsert validated profiles (Clerk users): inserts new ones, updates changed ones that are newer."""
+    if not rows:
+        return ApplyCounts()
+    _stage(conn, _stage_profiles, rows)
+    counts = _merge_entity(conn, profiles, _stage_profiles, ("email", "first_name", "last_name", "image_url"))
+    _release_quarantine(conn, "profile", _stage_profiles)
+    return counts
+
+
+def insert_profile_stubs(conn: Connection, stubs: Sequence[ProfileRow]) -> int:
+    """Create profiles that do not exist yet from a membership's ``public_user_data``.
+
+    A stub has no Clerk timestamps, so the user's own record replaces it whenever it arrives; an
+    existing profile (deleted or not) is never touched.
+    """
+    if not stubs:
+        return 0
+    _stage(conn, _stage_profiles, stubs)
+    incoming = _latest_by(_stage_profiles, _stage_profiles.c.id)
+    columns = ("id", "email", "first_name", "last_name", "image_url")
+    statement = (
+        pg.insert(profiles)
+        .from_select(
+            [*columns, "synced_at"], sa.select(*(incoming.c[name] for name in columns), sa.func.now())
+        )
+        .on_conflict_do_nothing(index_elements=[profiles.c.id])
+        .returning(profiles.c.id)
+    )
+    return len(conn.execute(statement).all())
+
+
+def apply_memberships(
+    conn: Connection,
+    rows: Sequence[MembershipRow],
+    *,
+    organizations_first: Sequence[OrganizationRow] = (),
+    profile_stubs: Sequence[ProfileRow] = (),
+    source: str,
+) -> MembershipApplyCounts:
+    """Upsert validated memberships after their organizations and user stubs.
+
+    A membership is skipped (counted unchanged) when a tombstone or its deleted organization or
+    user is at least as new as it; it is quarantined when its organization or user does not exist.
+    """
+    result = MembershipApplyCounts()
+    result.organizations = apply_organizations(conn, organizations_first)
+    result.profile_stubs = insert_profile_stubs(conn, profile_stubs)
+    if not rows:
+        return result
+
+    _stage(conn, _stage_memberships, rows)
+    stage = _stage_memberships
+    incoming = _latest_by(stage, stage.c.organization_id, stage.c.user_id)
+    orphans = conn.execute(
+        sa.select(incoming).where(
+            sa.or_(
+                ~sa.exists().where(organizations.c.id == incoming.c.organization_id),
+                ~sa.exists().where(profiles.c.id == incoming.c.user_id),
+            )
+        )
+    ).all()
+    quarantined = [
+        QuarantinedRecord(
+            entity="membership",
+            clerk_id=orphan.id,
+            reason=(
+                f"organization {orphan.organization_id} or user {orphan.user_id} does not exist "
+                "(its own record failed validation or has not been seen yet)"
+            ),
+            payload=orphan._asdict(),
+        )
+        for orphan in orphans
+    ]
+
+    updated_at = _ms_to_timestamptz(incoming.c.updated_at)
+    live = (
+        sa.select(
+            incoming.c.id,
+            incoming.c.organization_id,
+            incoming.c.user_id,
+            sa.cast(incoming.c.role, ORG_ROLE),
+            incoming.c.clerk_role,
+            _ms_to_timestamptz(incoming.c.created_at),
+            updated_at,
+            sa.func.now(),
+        )
+        .join(organizations, organizations.c.id == incoming.c.organization_id)
+        .join(profiles, profiles.c.id == incoming.c.user_id)
+        .where(
+            sa.or_(organizations.c.deleted_at.is_(None), organizations.c.deleted_at < updated_at),
+            sa.or_(profiles.c.deleted_at.is_(None), profiles.c.deleted_at < updated_at),
+            ~sa.exists().where(
+                membership_tombstones.c.organization_id == incoming.c.organization_id,
+                membership_tombstones.c.user_id == incoming.c.user_id,
+                membership_tombstones.c.deleted_at >= updated_at,
+            ),
+        )
+    )
+    statement = pg.insert(organization_members).from_select(
+        [
+            "clerk_membership_id",
+            "organization_id",
+            "user_id",
+            "role",
+            "clerk_role",
+            "joined_at",
+            "updated_at",
+            "synced_at",
+        ],
+        live,
+    )
+    excluded = statement.excluded
+    target = organization_members
+    statement = statement.on_conflict_do_update(
+        index_elements=[target.c.organization_id, target.c.user_id],
+        set_={
+            name: excluded[name]
+            for name in ("clerk_membership_id", "role", "clerk_role", "joined_at", "updated_at", "synced_at")
+        },
+        where=sa.and_(
+            _newer_or_adopted(target, excluded.updated_at),
+            _differs(
+                target, excluded, ("clerk_membership_id", "role", "clerk_role", "joined_at", "updated_at")
+            ),
+        ),
+    ).returning(_WAS_INSERTED)
+    received = conn.execute(sa.select(sa.func.count()).select_from(incoming)).scalar_one()
+    counts = _count_merge(conn.execute(statement), received)
+    counts.unchanged -= len(quarantined)
+    counts.quarantined = quarantine(conn, quarantined, source=source)
+    conn.execute(
+        sa.delete(sync_quarantine).where(
+            sync_quarantine.c.entity == "membership",
+            sync_quarantine.c.clerk_id.in_(
+                sa.select(organization_members.c.clerk_membership_id).where(
+                    organization_members.c.clerk_membership_id.in_(sa.select(stage.c.id))
+                )
+            ),
+        )
+    )
+    result.memberships = counts
+    return result
+
+
+def _written_before(target: sa.Table, written_before: datetime | None) -> sa.ColumnElement[bool]:
+    if written_before is None:
+        return sa.true()
+    return sa.or_(target.c.synced_at.is_(None), target.c.synced_at < written_before)
+
+
+def _soft_delete(
+    conn: Connection,
+    target: sa.Table,
+    member_column: sa.Column,
+    ids: Sequence[str],
+    *,
+    as_of: datetime,
+    written_before: datetime | None,
+    record_unseen: bool,
+    placeholder: dict[str, sa.ColumnElement],
+) -> list[str]:
+    if not ids:
+        return []
+    id_array = _text_array(ids)
+    if record_unseen:
+        # A deletion of a row never seen still has to stop late, older data from creating it.
+        unnested = sa.func.unnest(id_array).table_valued("id").render_derived()
+        conn.execute(
+            pg.insert(target)
+            .from_select(
+                ["id", *placeholder, "deleted_at", "synced_at"],
+                sa.select(
+                    unnested.c.id,
+                    *(value(unnested.c.id) for value in placeholder.values()),
+                    sa.literal(as_of),
+                    sa.func.now(),
+                ),
+            )
+            .on_conflict_do_nothing(index_elements=[target.c.id])
+        )
+    deleted = (
+        conn.execute(
+            sa.update(target)
+            .where(
+                target.c.id == sa.any_(id_array),
+                target.c.deleted_at.is_(None),
+                sa.or_(target.c.updated_at.is_(None), target.c.updated_at <= as_of),
+                _written_before(target, written_before),
+            )
+            .values(deleted_at=as_of, synced_at=sa.func.now())
+            .returning(target.c.id)
+        )
+        .scalars()
+        .all()
+    )
+    if deleted:
+        conn.execute(sa.delete(organization_members).where(member_column == sa.any_(_text_array(deleted))))
+    return list(deleted)
+
+
+def delete_organizations(
+    conn: Connection,
+    ids: Sequence[str],
+    *,
+    as_of: datetime,
+    written_before: datetime | None = None,
+    record_unseen: bool = False,
+) -> list[str]:
+    """Soft-delete organizations (``deleted_at = as_of``) and delete their memberships.
+
+    Rows updated after ``as_of`` stay, and so do rows written since ``written_before`` (the full
+    sync's listing start). ``record_unseen`` keeps a deleted placeholder for an id never seen, so
+    older events arriving later cannot create it. Returns the ids soft-deleted.
+    """
+    return _soft_delete(
+        conn,
+        organizations,
+        organization_members.c.organization_id,
+        ids,
+        as_of=as_of,
+        written_before=written_before,
+        record_unseen=record_unseen,
+        placeholder={"name": lambda id_column: id_column},
+    )
+
+
+def delete_profiles(
+    conn: Connection,
+    ids: Sequence[str],
+    *,
+    as_of: datetime,
+    written_before: datetime | None = None,
+    record_unseen: bool = False,
+) -> list[str]:
+    """Soft-delete profiles (``deleted_at = as_of``) and delete their memberships; as
+    :func:`delete_organizations`."""
+    return _soft_delete(
+        conn,
+        profiles,
+        organization_members.c.user_id,
+        ids,
+        as_of=as_of,
+        written_before=written_before,
+        record_unseen=record_unseen,
+        placeholder={},
+    )
+
+
+def delete_memberships(
+    conn: Connection,
+    keys: Sequence[MembershipKey],
+    *,
+    as_of: datetime,
+    written_before: datetime | None = None,
+) -> int:
+    """Delete memberships by (organization, user) and leave tombstones at ``as_of``.
+
+    A membership updated after ``as_of`` (the user rejoined) stays. Returns the rows deleted.
+    """
+    if not keys:
+        return 0
+    unnested = (
+        sa.func.unnest(
+            _text_array(key.organization_id for key in keys),
+            _text_array(key.user_id for key in keys),
+            _text_array(key.clerk_membership_id for key in keys),
+        )
+        .table_valued("organization_id", "user_id", "clerk_membership_id")
+        .render_derived()
+    )
+    unique_keys = (
+        sa.select(unnested)
+        .distinct(unnested.c.organization_id, unnested.c.user_id)
+        .order_by(unnested.c.organization_id, unnested.c.user_id)
+    )
+    tombstone = pg.insert(membership_tombstones).from_select(
+        ["organization_id", "user_id", "clerk_membership_id", "deleted_at"],
+        sa.select(*unique_keys.subquery().c, sa.literal(as_of)),
+    )
+    conn.execute(
+        tombstone.on_conflict_do_update(
+            index_elements=[membership_tombstones.c.organization_id, membership_tombstones.c.user_id],
+            set_={
+                "deleted_at": tombstone.excluded.deleted_at,
+                "clerk_membership_id": tombstone.excluded.clerk_membership_id,
+            },
+            where=tombstone.excluded.deleted_at > membership_tombstones.c.deleted_at,
+        )
+    )
+    target = organization_members
+    deleted = conn.execute(
+        sa.delete(target)
+        .where(
+            target.c.organization_id == unnested.c.organization_id,
+            target.c.user_id == unnested.c.user_id,
+            sa.or_(target.c.updated_at.is_(None), target.c.updated_at <= as_of),
+            _written_before(target, written_before),
+        )
+        .returning(target.c.id)
+    ).all()
+    return len(deleted)
+
+
+def quarantine(conn: Connection, records: Sequence[QuarantinedRecord], *, source: str) -> int:
+    """Keep records that failed validation, with their reasons; re-seeing one refreshes its row."""
+    if not records:
+        return 0
+    statement = pg.insert(sync_quarantine)
+    statement = statement.on_conflict_do_update(
+        index_elements=[sync_quarantine.c.entity, sync_quarantine.c.record_key],
+        set_={
+            "reason": statement.excluded.reason,
+            "payload": statement.excluded.payload,
+            "source": statement.excluded.source,
+            "last_seen_at": sa.func.now(),
+        },
+    )
+    conn.execute(
+        statement,
+        [
+            {
+                "entity": record.entity,
+                "clerk_id": record.clerk_id,
+                "reason": record.reason,
+                "payload": _jsonable(record.payload),
+                "source": source,
+            }
+            for record in _unique_records(records)
+        ],
+    )
+    return len(records)
+
+
+def prune_quarantine(conn: Connection, entity: str, *, not_seen_since: datetime) -> int:
+    """After a complete listing: drop quarantined records of ``entity`` the listing no longer had."""
+    result = conn.execute(
+        sa.delete(sync_quarantine).where(
+            sync_quarantine.c.entity == entity, sync_quarantine.c.last_seen_at < not_seen_since
+        )
+    )
+    return result.rowcount
+
+
+def _unique_records(records: Sequence[QuarantinedRecord]) -> list[QuarantinedRecord]:
+    # One INSERT … ON CONFLICT cannot touch a row twice; the last record for a key wins.
+    by_key: dict[tuple[str, str], QuarantinedRecord] = {}
+    for record in records:
+        key = record.clerk_id or json.dumps(_jsonable(record.payload), sort_keys=True)
+        by_key[(record.entity, key)] = record
+    return list(by_key.values())
+
+
+def _jsonable(payload: object) -> object:
+    return json.loads(json.dumps(payload, default=str))

