@@ -138,3 +138,11 @@ def migrate(engine: Engine) -> list[str]:
             conn.execute(sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK_KEY)))
             conn.commit()
     return applied
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection this process holds (tests, and CLI commands on exit)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()

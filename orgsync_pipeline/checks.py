@@ -1,0 +1,79 @@
+"""Asset checks: quarantined records, and row counts against Clerk's own counts."""
+
+from collections.abc import Callable
+
+import dagster as dg
+import sqlalchemy as sa
+
+from orgsync_pipeline.clerk.client import ClerkClient
+from orgsync_pipeline.resources import ClerkResource, PostgresResource
+from orgsync_pipeline.store.schema import organization_members, organizations, profiles, sync_quarantine
+
+SAMPLE_SIZE = 10
+
+
+def quarantine_check(asset: str, entity: str) -> dg.AssetChecksDefinition:
+    """Passes when no `entity` record waits in `sync_quarantine`; shows a sample of reasons."""
+
+    @dg.asset_check(
+        asset=asset, name="no_quarantined_records", description=f"No {entity} records in sync_quarantine."
+    )
+    def check(postgres: PostgresResource) -> dg.AssetCheckResult:
+        with postgres.engine().connect() as conn:
+            count = conn.execute(
+                sa.select(sa.func.count()).where(sync_quarantine.c.entity == entity)
+            ).scalar_one()
+            sample = conn.execute(
+                sa.select(sync_quarantine.c.clerk_id, sync_quarantine.c.reason)
+                .where(sync_quarantine.c.entity == entity)
+                .order_by(sync_quarantine.c.last_seen_at.desc())
+                .limit(SAMPLE_SIZE)
+            ).all()
+        table = "\n".join(f"| {row.clerk_id or '(no id)'} | {row.reason} |" for row in sample)
+        return dg.AssetCheckResult(
+            passed=count == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "quarantined": count,
+                "sample": dg.MetadataValue.md(
+                    f"| clerk id | reason |\n|---|---|\n{table}" if sample else "none"
+                ),
+            },
+        )
+
+    return check
+
+
+def parity_check(
+    asset: str, table: sa.Table, clerk_count: Callable[[ClerkClient], int]
+) -> dg.AssetChecksDefinition:
+    """Passes when the table's live rows equal Clerk's own count of the entity."""
+
+    @dg.asset_check(
+        asset=asset, name="count_matches_clerk", description=f"Live rows in {table.name} equal Clerk's count."
+    )
+    def check(clerk: ClerkResource, postgres: PostgresResource) -> dg.AssetCheckResult:
+        live = sa.select(sa.func.count()).select_from(table)
+        if "deleted_at" in table.c:
+            live = live.where(table.c.deleted_at.is_(None))
+        with postgres.engine().connect() as conn:
+            in_postgres = conn.execute(live).scalar_one()
+        with clerk.client() as client:
+            in_clerk = clerk_count(client)
+        return dg.AssetCheckResult(
+            passed=in_postgres == in_clerk,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"clerk": in_clerk, "postgres": in_postgres, "difference": in_postgres - in_clerk},
+        )
+
+    return check
+
+
+full_sync_checks = [
+    quarantine_check("organizations", "organization"),
+    quarantine_check("profiles", "profile"),
+    quarantine_check("organization_members", "membership"),
+    parity_check("organizations", organizations, ClerkClient.count_organizations),
+    parity_check("profiles", profiles, ClerkClient.count_users),
+    parity_check("organization_members", organization_members, ClerkClient.count_memberships),
+]

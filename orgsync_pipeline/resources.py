@@ -1,0 +1,48 @@
+"""Dagster resources: the Clerk Backend API and the application's PostgreSQL database."""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+from sqlalchemy.engine import Engine
+
+from orgsync_pipeline.clerk.client import ClerkClient
+from orgsync_pipeline.settings import DEFAULT_CLERK_API_URL, is_set, load_settings
+from orgsync_pipeline.store.database import engine_for, resolve_database_url
+
+
+class ClerkResource(dg.ConfigurableResource):
+    """Clerk's Backend API, authenticated with the instance's secret key."""
+
+    secret_key: str
+    api_url: str = DEFAULT_CLERK_API_URL
+
+    @contextmanager
+    def client(self, logger: logging.Logger | None = None) -> Iterator[ClerkClient]:
+        """A client for one run or evaluation, closed afterwards."""
+        with ClerkClient(self.secret_key, self.api_url, logger=logger or dg.get_dagster_logger()) as client:
+            yield client
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The application's PostgreSQL database; the embedded server when no URL is configured."""
+
+    database_url: str = ""
+
+    def engine(self) -> Engine:
+        """A pooled engine for this process, with the migrations in ``sql/`` applied."""
+        return engine_for(resolve_database_url(self.database_url or None, load_settings().home))
+
+
+def resources_from_environment() -> dict[str, dg.ConfigurableResource]:
+    """Resources wired to environment variables with ``EnvVar``, so secrets never show in the UI."""
+    return {
+        "clerk": ClerkResource(
+            secret_key=dg.EnvVar("CLERK_SECRET_KEY"),
+            api_url=dg.EnvVar("CLERK_API_URL") if is_set("CLERK_API_URL") else DEFAULT_CLERK_API_URL,
+        ),
+        "postgres": PostgresResource(
+            database_url=dg.EnvVar("DATABASE_URL") if is_set("DATABASE_URL") else ""
+        ),
+    }

@@ -1,0 +1,310 @@
+"""The full sync of one table: list it from Clerk, validate, apply, then reconcile deletions.
+
+Deletions need proof. They are computed only from a listing that completed (a failed page raises
+before anything is deleted), only for rows not written since the listing began, never for more
+than ``ORGSYNC_MAX_DELETE_FRACTION`` of a table, and only after Clerk confirms each row is gone
+with a lookup by id (offset pages can shift while Clerk changes under the crawl).
+"""
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from orgsync_pipeline.clerk.client import ClerkClient
+from orgsync_pipeline.rows import MembershipKey
+from orgsync_pipeline.settings import Settings
+from orgsync_pipeline.store import apply
+from orgsync_pipeline.store.schema import organization_members, organizations, profiles
+from orgsync_pipeline.validation import (
+    record_id,
+    record_updated_at,
+    validate_memberships,
+    validate_organizations,
+    validate_profiles,
+)
+
+SOURCE = "full_sync"
+
+Log = logging.Logger | logging.LoggerAdapter
+
+
+class DeletionGuardError(RuntimeError):
+    """A full sync would delete more of a table than ``ORGSYNC_MAX_DELETE_FRACTION`` allows."""
+
+
+@dataclass
+class SyncReport:
+    """What one table's full sync did; becomes the asset's materialization metadata."""
+
+    table: str
+    fetched: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    quarantined: int = 0
+    duration_seconds: float = 0.0
+    details: dict[str, int] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, int | float]:
+        return {
+            "rows_fetched": self.fetched,
+            "rows_inserted": self.inserted,
+            "rows_updated": self.updated,
+            "rows_unchanged": self.unchanged,
+            "rows_deleted": self.deleted,
+            "rows_quarantined": self.quarantined,
+            "duration_seconds": round(self.duration_seconds, 3),
+            **self.details,
+        }
+
+
+def sync_organizations(engine: Engine, clerk: ClerkClient, settings: Settings, log: Log) -> SyncReport:
+    """Make ``organizations`` match Clerk's complete organization listing."""
+    started = time.monotonic()
+    listing_started_at = database_now(engine)
+    records = collect_listing(clerk.iter_organization_pages())
+    validated = validate_organizations(records)
+    with engine.begin() as conn:
+        counts = apply.apply_organizations(conn, validated.rows)
+        apply.quarantine(conn, validated.quarantined, source=SOURCE)
+        apply.prune_quarantine(conn, "organization", not_seen_since=listing_started_at)
+    deleted = reconcile_soft_deletes(
+        engine,
+        organizations,
+        seen_ids={record_id(record) for record in records},
+        listing_started_at=listing_started_at,
+        still_exists=lambda org_id: clerk.get_organization(org_id) is not None,
+        delete=apply.delete_organizations,
+        max_fraction=settings.max_delete_fraction,
+        log=log,
+    )
+    return SyncReport(
+        table="organizations",
+        fetched=len(records),
+        inserted=counts.inserted,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
+        deleted=deleted,
+        quarantined=len(validated.quarantined),
+        duration_seconds=time.monotonic() - started,
+    )
+
+
+def sync_profiles(engine: Engine, clerk: ClerkClient, settings: Settings, log: Log) -> SyncReport:
+    """Make ``profiles`` match Clerk's complete user listing."""
+    started = time.monotonic()
+    listing_started_at = database_now(engine)
+    records = collect_listing(clerk.iter_user_pages())
+    validated = validate_profiles(records)
+    with engine.begin() as conn:
+        counts = apply.apply_profiles(conn, validated.rows)
+        apply.quarantine(conn, validated.quarantined, source=SOURCE)
+        apply.prune_quarantine(conn, "profile", not_seen_since=listing_started_at)
+    deleted = reconcile_soft_deletes(
+        engine,
+        profiles,
+        seen_ids={record_id(record) for record in records},
+        listing_started_at=listing_started_at,
+        still_exists=lambda user_id: clerk.get_user(user_id) is not None,
+        delete=apply.delete_profiles,
+        max_fraction=settings.max_delete_fraction,
+        log=log,
+    )
+    return SyncReport(
+        table="profiles",
+        fetched=len(records),
+        inserted=counts.inserted,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
+        deleted=deleted,
+        quarantined=len(validated.quarantined),
+        duration_seconds=time.monotonic() - started,
+    )
+
+
+def sync_memberships(engine: Engine, clerk: ClerkClient, settings: Settings, log: Log) -> SyncReport:
+    """Make ``organization_members`` match Clerk's instance-wide membership listing."""
+    started = time.monotonic()
+    listing_started_at = database_now(engine)
+    records = collect_listing(clerk.iter_membership_pages())
+    validated = validate_memberships(records, settings.role_map)
+    with engine.begin() as conn:
+        counts = apply.apply_memberships(
+            conn,
+            validated.rows,
+            organizations_first=validated.organizations,
+            profile_stubs=validated.profile_stubs,
+            source=SOURCE,
+        )
+        apply.quarantine(conn, validated.quarantined, source=SOURCE)
+        apply.prune_quarantine(conn, "membership", not_seen_since=listing_started_at)
+    deleted = reconcile_memberships(
+        engine,
+        clerk,
+        seen_keys={key for key in map(_membership_pair, records) if key is not None},
+        listing_started_at=listing_started_at,
+        max_fraction=settings.max_delete_fraction,
+        log=log,
+    )
+    return SyncReport(
+        table="organization_members",
+        fetched=len(records),
+        inserted=counts.memberships.inserted,
+        updated=counts.memberships.updated,
+        unchanged=counts.memberships.unchanged,
+        deleted=deleted,
+        quarantined=len(validated.quarantined) + counts.memberships.quarantined,
+        duration_seconds=time.monotonic() - started,
+        details={
+            "profile_stubs_created": counts.profile_stubs,
+            "organizations_from_memberships_written": counts.organizations.inserted
+            + counts.organizations.updated,
+        },
+    )
+
+
+def collect_listing(pages: Iterable[list[Any]]) -> list[Any]:
+    """All records of a complete listing, one per id (the newest, when page shifts repeated one)."""
+    by_id: dict[str, Any] = {}
+    without_id: list[Any] = []
+    for page in pages:
+        for record in page:
+            key = record_id(record)
+            if key is None:
+                without_id.append(record)
+            elif key not in by_id or record_updated_at(record) >= record_updated_at(by_id[key]):
+                by_id[key] = record
+    return [*by_id.values(), *without_id]
+
+
+def database_now(engine: Engine) -> datetime:
+    """The database's clock, which also stamps ``synced_at``: the listing-start boundary uses it."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.now())).scalar_one()
+
+
+def check_deletion_share(table: str, candidates: int, live: int, max_fraction: float) -> None:
+    """Refuse to delete more than ``max_fraction`` of a table's live rows in one sync."""
+    if candidates and candidates > max_fraction * live:
+        raise DeletionGuardError(
+            f"refusing to delete {candidates} of {live} live rows of {table} "
+            f"({candidates / live:.0%}): ORGSYNC_MAX_DELETE_FRACTION allows {max_fraction:.0%}. "
+            "An empty or much smaller listing usually means CLERK_SECRET_KEY points at the wrong "
+            "Clerk instance. If Clerk really lost these rows, raise ORGSYNC_MAX_DELETE_FRACTION "
+            "for one run."
+        )
+
+
+def reconcile_soft_deletes(
+    engine: Engine,
+    table: sa.Table,
+    *,
+    seen_ids: set[str | None],
+    listing_started_at: datetime,
+    still_exists: Callable[[str], bool],
+    delete: Callable[..., list[str]],
+    max_fraction: float,
+    log: Log,
+) -> int:
+    """Soft-delete live rows absent from a complete listing, once Clerk confirms each is gone."""
+    with engine.connect() as conn:
+        live = conn.execute(sa.select(sa.func.count()).where(table.c.deleted_at.is_(None))).scalar_one()
+        unseen = [
+            row_id
+            for row_id in conn.execute(
+                sa.select(table.c.id).where(
+                    table.c.deleted_at.is_(None), _not_written_since(table, listing_started_at)
+                )
+            ).scalars()
+            if row_id not in seen_ids
+        ]
+    check_deletion_share(table.name, len(unseen), live, max_fraction)
+    confirmed = [row_id for row_id in unseen if not still_exists(row_id)]
+    if len(confirmed) < len(unseen):
+        log.info(
+            "%s: %d rows missing from the listing still exist in Clerk; kept",
+            table.name,
+            len(unseen) - len(confirmed),
+        )
+    with engine.begin() as conn:
+        deleted = delete(conn, confirmed, as_of=_now(conn), written_before=listing_started_at)
+    if deleted:
+        log.info("%s: soft-deleted %d rows that Clerk no longer has", table.name, len(deleted))
+    return len(deleted)
+
+
+def reconcile_memberships(
+    engine: Engine,
+    clerk: ClerkClient,
+    *,
+    seen_keys: set[tuple[str, str]],
+    listing_started_at: datetime,
+    max_fraction: float,
+    log: Log,
+) -> int:
+    """Delete memberships absent from a complete listing, once Clerk confirms each is gone."""
+    members = organization_members
+    with engine.connect() as conn:
+        live = conn.execute(sa.select(sa.func.count()).select_from(members)).scalar_one()
+        unseen = [
+            MembershipKey(*row)
+            for row in conn.execute(
+                sa.select(members.c.organization_id, members.c.user_id, members.c.clerk_membership_id).where(
+                    _not_written_since(members, listing_started_at)
+                )
+            ).all()
+            if (row.organization_id, row.user_id) not in seen_keys
+        ]
+    check_deletion_share(members.name, len(unseen), live, max_fraction)
+    confirmed = _confirm_memberships_gone(clerk, unseen)
+    if len(confirmed) < len(unseen):
+        log.info(
+            "organization_members: %d rows missing from the listing still exist in Clerk; kept",
+            len(unseen) - len(confirmed),
+        )
+    with engine.begin() as conn:
+        deleted = apply.delete_memberships(
+            conn, confirmed, as_of=_now(conn), written_before=listing_started_at
+        )
+    if deleted:
+        log.info("organization_members: deleted %d memberships that Clerk no longer has", deleted)
+    return deleted
+
+
+def _confirm_memberships_gone(clerk: ClerkClient, keys: Sequence[MembershipKey]) -> list[MembershipKey]:
+    """The keys whose membership Clerk no longer has: one lookup of each user's memberships."""
+    by_user: dict[str, list[MembershipKey]] = defaultdict(list)
+    for key in keys:
+        by_user[key.user_id].append(key)
+    gone: list[MembershipKey] = []
+    for user_id, user_keys in by_user.items():
+        memberships = clerk.list_user_memberships(user_id)
+        current_orgs = {m.get("organization", {}).get("id") for m in memberships or ()}
+        gone.extend(key for key in user_keys if key.organization_id not in current_orgs)
+    return gone
+
+
+def _not_written_since(table: sa.Table, moment: datetime) -> sa.ColumnElement[bool]:
+    return sa.or_(table.c.synced_at.is_(None), table.c.synced_at < moment)
+
+
+def _now(conn: Connection) -> datetime:
+    return conn.execute(sa.select(sa.func.now())).scalar_one()
+
+
+def _membership_pair(record: Any) -> tuple[str, str] | None:
+    if not isinstance(record, dict):
+        return None
+    org = record.get("organization")
+    user = record.get("public_user_data")
+    if isinstance(org, dict) and isinstance(user, dict) and org.get("id") and user.get("user_id"):
+        return (org["id"], user["user_id"])
+    return None
