@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from orgsync_pipeline.clerk.client import ClerkClient
+from orgsync_pipeline.clerk.client import ClerkClient, RetryPolicy
 from orgsync_pipeline.settings import DEFAULT_CLERK_API_URL, is_set, load_settings
 from orgsync_pipeline.store.database import engine_for, resolve_database_url
 
@@ -21,7 +21,13 @@ class ClerkResource(dg.ConfigurableResource):
     @contextmanager
     def client(self, logger: logging.Logger | None = None) -> Iterator[ClerkClient]:
         """A client for one run or evaluation, closed afterwards."""
-        with ClerkClient(self.secret_key, self.api_url, logger=logger or dg.get_dagster_logger()) as client:
+        settings = load_settings()
+        retry = RetryPolicy(
+            max_attempts=settings.clerk_max_attempts, max_elapsed=settings.clerk_retry_seconds
+        )
+        with ClerkClient(
+            self.secret_key, self.api_url, retry=retry, logger=logger or dg.get_dagster_logger()
+        ) as client:
             yield client
 
 

