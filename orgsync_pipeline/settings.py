@@ -1,6 +1,7 @@
 """Environment → typed settings. The only module that reads ``os.environ``."""
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -123,7 +124,7 @@ def _number(
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
+    if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
         bounds = f"between {minimum:g} and {maximum:g}" if maximum is not None else f"at least {minimum:g}"
         raise SettingsError(f"{name} must be {bounds}, got {raw!r}")
     return value
