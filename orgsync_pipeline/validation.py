@@ -316,14 +316,19 @@ def _run_schema(
     }
     frame_index = [i for i, row in enumerate(flat) if row is not None]
     if frame_index:
-        frame = pd.DataFrame([flat[i] for i in frame_index], index=frame_index, columns=list(schema.columns))
+        # dtype=object keeps each value as received: one null or float timestamp must not turn a whole
+        # column into floats and fail its valid neighbours.
+        frame = pd.DataFrame(
+            [flat[i] for i in frame_index], index=frame_index, columns=list(schema.columns), dtype=object
+        )
         try:
             schema.validate(frame, lazy=True)
         except pa.errors.SchemaErrors as exc:
             for case in exc.failure_cases.itertuples(index=False):
                 if pd.isna(case.index):
                     raise  # a schema-level failure (not about one record) is a bug, not bad data
-                reason = _reason(case.column, case.check, case.failure_case, schema.unique)
+                key = {name: flat[int(case.index)][name] for name in schema.unique or ()}
+                reason = _reason(case.column, case.check, case.failure_case, key)
                 reasons.setdefault(int(case.index), []).append(reason)
     quarantined = [
         QuarantinedRecord(
@@ -337,14 +342,15 @@ def _run_schema(
     return [i for i in frame_index if i not in reasons], quarantined
 
 
-def _reason(column: str, check: str, value: Any, unique_key: list[str] | None) -> str:
+def _reason(column: str, check: str, value: Any, unique_key: dict[str, Any]) -> str:
     shown = _short_repr(value)
     if check == "not_nullable":
         return f"{column} is missing"
     if check == "field_uniqueness":
         return f"{column} {shown} appears more than once in the listing"
     if check == "multiple_fields_uniqueness":
-        return f"({', '.join(unique_key or [column])}) appears more than once in the listing"
+        pairs = ", ".join(f"{name}={_short_repr(key_value)}" for name, key_value in unique_key.items())
+        return f"({pairs}) appears more than once in the listing"
     return f"{column} {check} (got {shown})"
 
 

@@ -464,7 +464,9 @@ def delete_memberships(
 ) -> int:
     """Delete memberships by (organization, user) and leave tombstones at ``as_of``.
 
-    A membership updated after ``as_of`` (the user rejoined) stays. Returns the rows deleted.
+    A membership updated after ``as_of`` (the user rejoined), or written since ``written_before``,
+    stays and gets no tombstone. A key with no row gets one, so older data arriving later cannot
+    create it. Returns the rows deleted.
     """
     if not keys:
         return 0
@@ -477,25 +479,6 @@ def delete_memberships(
         .table_valued("organization_id", "user_id", "clerk_membership_id")
         .render_derived()
     )
-    unique_keys = (
-        sa.select(unnested)
-        .distinct(unnested.c.organization_id, unnested.c.user_id)
-        .order_by(unnested.c.organization_id, unnested.c.user_id)
-    )
-    tombstone = pg.insert(membership_tombstones).from_select(
-        ["organization_id", "user_id", "clerk_membership_id", "deleted_at"],
-        sa.select(*unique_keys.subquery().c, sa.literal(as_of)),
-    )
-    conn.execute(
-        tombstone.on_conflict_do_update(
-            index_elements=[membership_tombstones.c.organization_id, membership_tombstones.c.user_id],
-            set_={
-                "deleted_at": tombstone.excluded.deleted_at,
-                "clerk_membership_id": tombstone.excluded.clerk_membership_id,
-            },
-            where=tombstone.excluded.deleted_at > membership_tombstones.c.deleted_at,
-        )
-    )
     target = organization_members
     deleted = conn.execute(
         sa.delete(target)
@@ -507,6 +490,33 @@ def delete_memberships(
         )
         .returning(target.c.id)
     ).all()
+
+    unique_keys = (
+        sa.select(unnested)
+        .distinct(unnested.c.organization_id, unnested.c.user_id)
+        .where(
+            ~sa.exists().where(
+                target.c.organization_id == unnested.c.organization_id,
+                target.c.user_id == unnested.c.user_id,
+            )
+        )
+        .order_by(unnested.c.organization_id, unnested.c.user_id)
+        .subquery()
+    )
+    tombstone = pg.insert(membership_tombstones).from_select(
+        ["organization_id", "user_id", "clerk_membership_id", "deleted_at"],
+        sa.select(*unique_keys.c, sa.literal(as_of)),
+    )
+    conn.execute(
+        tombstone.on_conflict_do_update(
+            index_elements=[membership_tombstones.c.organization_id, membership_tombstones.c.user_id],
+            set_={
+                "deleted_at": tombstone.excluded.deleted_at,
+                "clerk_membership_id": tombstone.excluded.clerk_membership_id,
+            },
+            where=tombstone.excluded.deleted_at > membership_tombstones.c.deleted_at,
+        )
+    )
     return len(deleted)
 
 
