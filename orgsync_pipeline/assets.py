@@ -2,11 +2,13 @@
 
 import dagster as dg
 
+from orgsync_pipeline.events import apply_pending_events
 from orgsync_pipeline.resources import ClerkResource, PostgresResource
 from orgsync_pipeline.settings import load_settings
 from orgsync_pipeline.sync import sync_memberships, sync_organizations, sync_profiles
 
 GROUP = "clerk"
+WEBHOOK_GROUP = "clerk_webhooks"
 KINDS = {"postgres", "python"}
 
 
@@ -56,3 +58,16 @@ def organization_members(
 
 
 full_sync_assets = [organizations, profiles, organization_members]
+
+
+@dg.asset(key="webhook_inbox", group_name=WEBHOOK_GROUP, kinds=KINDS)
+def webhook_inbox(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
+    """Clerk webhook events in the `webhook_inbox` table, applied to the synced tables.
+
+    Each materialization drains the inbox: pending events are applied in Clerk's order through the
+    same validation and write path as the full sync (newer wins; deletions are final for older
+    data). A failing event is retried with backoff and becomes `dead` after
+    `ORGSYNC_WEBHOOK_MAX_ATTEMPTS`. Launched by `clerk_webhook_sensor`.
+    """
+    report = apply_pending_events(postgres.engine(), load_settings(), context.log)
+    return dg.MaterializeResult(metadata=report.metadata())

@@ -7,7 +7,13 @@ import sqlalchemy as sa
 
 from orgsync_pipeline.clerk.client import ClerkClient
 from orgsync_pipeline.resources import ClerkResource, PostgresResource
-from orgsync_pipeline.store.schema import organization_members, organizations, profiles, sync_quarantine
+from orgsync_pipeline.store.schema import (
+    organization_members,
+    organizations,
+    profiles,
+    sync_quarantine,
+    webhook_inbox,
+)
 
 SAMPLE_SIZE = 10
 
@@ -77,3 +83,29 @@ full_sync_checks = [
     parity_check("profiles", profiles, ClerkClient.count_users),
     parity_check("organization_members", organization_members, ClerkClient.count_memberships),
 ]
+
+
+@dg.asset_check(asset="webhook_inbox", name="no_dead_events", description="No webhook event has given up.")
+def no_dead_events(postgres: PostgresResource) -> dg.AssetCheckResult:
+    """Fails while an event is `dead` (failed `ORGSYNC_WEBHOOK_MAX_ATTEMPTS` times); fix the cause, then
+    `orgsync requeue-dead-events`. The next full sync repairs the data meanwhile."""
+    dead = sa.select(webhook_inbox.c.id, webhook_inbox.c.event_type, webhook_inbox.c.last_error).where(
+        webhook_inbox.c.status == "dead"
+    )
+    with postgres.engine().connect() as conn:
+        count = conn.execute(sa.select(sa.func.count()).select_from(dead.subquery())).scalar_one()
+        sample = conn.execute(dead.order_by(webhook_inbox.c.id.desc()).limit(SAMPLE_SIZE)).all()
+    table = "\n".join(f"| {row.id} | {row.event_type} | {row.last_error} |" for row in sample)
+    return dg.AssetCheckResult(
+        passed=count == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "dead_events": count,
+            "sample": dg.MetadataValue.md(
+                f"| id | type | last error |\n|---|---|---|\n{table}" if sample else "none"
+            ),
+        },
+    )
+
+
+webhook_checks = [no_dead_events]

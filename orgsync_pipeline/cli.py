@@ -1,4 +1,4 @@
-"""The ``orgsync`` command: migrate, demo, dev, emulator."""
+"""The ``orgsync`` command: migrate, serve-webhooks, requeue-dead-events, demo, dev, emulator."""
 
 import argparse
 import logging
@@ -24,6 +24,29 @@ def migrate_command(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     print(f"applied {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def serve_webhooks_command(args: argparse.Namespace) -> int:
+    """Receive Clerk's webhooks: verify each Svix signature and commit the event to the inbox."""
+    from orgsync_pipeline.webhooks import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
+def requeue_dead_events_command(args: argparse.Namespace) -> int:
+    """Give dead webhook events a fresh start, once the cause of their failure is fixed."""
+    from orgsync_pipeline.store.database import engine_for, resolve_database_url
+    from orgsync_pipeline.store.inbox import requeue_dead
+
+    settings = load_settings()
+    url = resolve_database_url(
+        settings.database_url.reveal() if settings.database_url else None, settings.home
+    )
+    with engine_for(url).begin() as conn:
+        count = requeue_dead(conn)
+    print(f"requeued {count} dead webhook events")
     return 0
 
 
@@ -64,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("migrate", help=migrate_command.__doc__).set_defaults(run=migrate_command)
+    serve = commands.add_parser("serve-webhooks", help=serve_webhooks_command.__doc__)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=serve_webhooks_command)
+    commands.add_parser("requeue-dead-events", help=requeue_dead_events_command.__doc__).set_defaults(
+        run=requeue_dead_events_command
+    )
     commands.add_parser("demo", help=demo_command.__doc__).set_defaults(run=demo_command)
 
     dev = commands.add_parser("dev", help=dev_command.__doc__)

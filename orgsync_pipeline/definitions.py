@@ -1,17 +1,19 @@
-"""The orgsync code location: assets, checks, jobs, schedules and resources."""
+"""The orgsync code location: assets, checks, jobs, schedules, sensors and resources."""
 
 import dagster as dg
 
-from orgsync_pipeline.assets import full_sync_assets
-from orgsync_pipeline.checks import full_sync_checks
-from orgsync_pipeline.jobs import clerk_full_sync
+from orgsync_pipeline.assets import full_sync_assets, webhook_inbox
+from orgsync_pipeline.checks import full_sync_checks, webhook_checks
+from orgsync_pipeline.jobs import clerk_full_sync, clerk_webhook_apply
 from orgsync_pipeline.resources import resources_from_environment
 from orgsync_pipeline.schedules import clerk_full_sync_schedule
+from orgsync_pipeline.sensors import clerk_webhook_sensor
 
 defs = dg.Definitions(
-    assets=full_sync_assets,
-    asset_checks=full_sync_checks,
-    jobs=[clerk_full_sync],
+    assets=[*full_sync_assets, webhook_inbox],
+    asset_checks=[*full_sync_checks, *webhook_checks],
+    jobs=[clerk_full_sync, clerk_webhook_apply],
     schedules=[clerk_full_sync_schedule],
+    sensors=[clerk_webhook_sensor],
     resources=resources_from_environment(),
 )

@@ -26,6 +26,11 @@ DEMO_SEED = 7
 
 DAGSTER_YAML = """\
 # Written by orgsync: the Dagster instance for `orgsync demo` and `orgsync dev`.
+# Runs launch as soon as a sensor asks (no queue): the queued coordinator's extra hop costs
+# seconds of webhook freshness, and clerk_webhook_apply excludes itself with a Postgres lock.
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: DefaultRunCoordinator
 telemetry:
   enabled: false
 """

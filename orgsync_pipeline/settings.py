@@ -12,6 +12,9 @@ DEFAULT_FULL_SYNC_CRON = "0 * * * *"
 DEFAULT_MAX_DELETE_FRACTION = 0.2
 DEFAULT_CLERK_MAX_ATTEMPTS = 8
 DEFAULT_CLERK_RETRY_SECONDS = 300.0
+DEFAULT_WEBHOOK_SENSOR_INTERVAL = 5
+DEFAULT_WEBHOOK_MAX_ATTEMPTS = 8
+DEFAULT_WEBHOOK_BATCH_SIZE = 500
 
 APP_ROLES = ("owner", "admin", "member", "viewer")
 DEFAULT_ROLE_MAP: dict[str, str] = {
@@ -59,6 +62,10 @@ class Settings:
     full_sync_cron: str = DEFAULT_FULL_SYNC_CRON
     clerk_max_attempts: int = DEFAULT_CLERK_MAX_ATTEMPTS
     clerk_retry_seconds: float = DEFAULT_CLERK_RETRY_SECONDS
+    webhook_secret: Secret | None = None
+    webhook_sensor_interval: int = DEFAULT_WEBHOOK_SENSOR_INTERVAL
+    webhook_max_attempts: int = DEFAULT_WEBHOOK_MAX_ATTEMPTS
+    webhook_batch_size: int = DEFAULT_WEBHOOK_BATCH_SIZE
     home: Path = Path(".orgsync")
 
 
@@ -79,6 +86,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         clerk_retry_seconds=_number(
             env, "ORGSYNC_CLERK_RETRY_SECONDS", DEFAULT_CLERK_RETRY_SECONDS, minimum=0
+        ),
+        # CLERK_WEBHOOK_SIGNING_SECRET is the name Clerk's docs use now; both are accepted.
+        webhook_secret=_secret(env, "CLERK_WEBHOOK_SECRET") or _secret(env, "CLERK_WEBHOOK_SIGNING_SECRET"),
+        webhook_sensor_interval=int(
+            _number(env, "ORGSYNC_WEBHOOK_SENSOR_INTERVAL", DEFAULT_WEBHOOK_SENSOR_INTERVAL, minimum=1)
+        ),
+        webhook_max_attempts=int(
+            _number(env, "ORGSYNC_WEBHOOK_MAX_ATTEMPTS", DEFAULT_WEBHOOK_MAX_ATTEMPTS, minimum=1)
+        ),
+        webhook_batch_size=int(
+            _number(env, "ORGSYNC_WEBHOOK_BATCH_SIZE", DEFAULT_WEBHOOK_BATCH_SIZE, minimum=1)
         ),
         home=Path(env.get("ORGSYNC_HOME") or ".orgsync").absolute(),
     )

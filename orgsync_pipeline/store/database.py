@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from psycopg import sql as psycopg_sql
 from sqlalchemy.engine import Engine, make_url
 
+from orgsync_pipeline.settings import Settings
+
 log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same for every orgsync process using the database.
@@ -110,12 +112,21 @@ def resolve_database_url(database_url: str | None, home: Path) -> str:
     return embedded_database_url(home)
 
 
+def configured_database_url(settings: Settings) -> str:
+    """``DATABASE_URL`` from the settings, or the embedded database when it is unset."""
+    return resolve_database_url(
+        settings.database_url.reveal() if settings.database_url else None, settings.home
+    )
+
+
 def engine_for(url: str) -> Engine:
     """One migrated engine per database URL and process."""
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            engine = sa.create_engine(
+                url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 10}
+            )
             migrate(engine)
             _engines[url] = engine
         return engine

@@ -1,0 +1,165 @@
+"""The webhook inbox: the receiver's insert, the sensor's summary, the apply job's claims and marks."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import Connection
+
+from orgsync_pipeline.store.schema import webhook_inbox
+
+# Failed events wait 30 s, 1 min, 2 min, … (at most an hour) before the next attempt.
+RETRY_BASE = timedelta(seconds=30)
+RETRY_MAX = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    inbox_id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class InboxSummary:
+    """What the sensor needs to decide whether to launch an apply run."""
+
+    claimable: int
+    max_id: int | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class InboxEvent:
+    id: int
+    svix_id: str
+    event_type: str
+    payload: dict[str, Any]
+    event_timestamp: datetime | None
+    received_at: datetime
+    attempts: int
+
+
+def event_time(payload: Any) -> datetime | None:
+    """Clerk's envelope ``timestamp`` as a datetime: milliseconds per Clerk's docs, though some
+    examples send seconds, so values below 10^12 are read as seconds."""
+    value = payload.get("timestamp") if isinstance(payload, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    seconds = value if value < 10**12 else value / 1000
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def store_event(conn: Connection, *, svix_id: str, payload: dict[str, Any], handled: bool) -> StoredEvent:
+    """Insert a verified event unless its ``svix-id`` is already stored (a redelivery)."""
+    inserted = conn.execute(
+        pg.insert(webhook_inbox)
+        .values(
+            svix_id=svix_id,
+            event_type=payload["type"],
+            payload=payload,
+            event_timestamp=event_time(payload),
+            status="pending" if handled else "ignored",
+            applied_at=None if handled else sa.func.now(),
+        )
+        .on_conflict_do_nothing(index_elements=[webhook_inbox.c.svix_id])
+        .returning(webhook_inbox.c.id)
+    ).scalar_one_or_none()
+    if inserted is not None:
+        return StoredEvent(inserted, duplicate=False)
+    existing = conn.execute(
+        sa.select(webhook_inbox.c.id).where(webhook_inbox.c.svix_id == svix_id)
+    ).scalar_one()
+    return StoredEvent(existing, duplicate=True)
+
+
+def _claimable() -> sa.ColumnElement[bool]:
+    return sa.or_(
+        webhook_inbox.c.status == "pending",
+        sa.and_(webhook_inbox.c.status == "failed", webhook_inbox.c.next_attempt_at <= sa.func.now()),
+    )
+
+
+def claimable_summary(conn: Connection) -> InboxSummary:
+    """Count, highest id and total attempts of the events an apply run would take now."""
+    row = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.max(webhook_inbox.c.id),
+            sa.func.coalesce(sa.func.sum(webhook_inbox.c.attempts), 0),
+        ).where(_claimable())
+    ).one()
+    return InboxSummary(claimable=row[0], max_id=row[1], attempts=int(row[2]))
+
+
+def claim_batch(conn: Connection, limit: int) -> list[InboxEvent]:
+    """Lock up to ``limit`` claimable events in Clerk's event order; concurrent claimers skip them."""
+    order = sa.func.coalesce(webhook_inbox.c.event_timestamp, webhook_inbox.c.received_at)
+    rows = conn.execute(
+        sa.select(
+            webhook_inbox.c.id,
+            webhook_inbox.c.svix_id,
+            webhook_inbox.c.event_type,
+            webhook_inbox.c.payload,
+            webhook_inbox.c.event_timestamp,
+            webhook_inbox.c.received_at,
+            webhook_inbox.c.attempts,
+        )
+        .where(_claimable())
+        .order_by(order, webhook_inbox.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return [InboxEvent(*row) for row in rows]
+
+
+def mark_handled(conn: Connection, event_id: int, status: str, note: str | None = None) -> datetime:
+    """Record an event as applied or ignored; returns when (for lag)."""
+    return conn.execute(
+        sa.update(webhook_inbox)
+        .where(webhook_inbox.c.id == event_id)
+        .values(
+            status=status,
+            attempts=webhook_inbox.c.attempts + 1,
+            last_error=note,
+            next_attempt_at=None,
+            applied_at=sa.func.clock_timestamp(),
+        )
+        .returning(webhook_inbox.c.applied_at)
+    ).scalar_one()
+
+
+def mark_failed(conn: Connection, event: InboxEvent, error: str, *, max_attempts: int) -> str:
+    """Record a failed attempt; the event is retried later with backoff, or is dead after
+    ``max_attempts``. Returns the new status."""
+    attempts = event.attempts + 1
+    dead = attempts >= max_attempts
+    delay = min(RETRY_MAX, RETRY_BASE * 2 ** (attempts - 1))
+    conn.execute(
+        sa.update(webhook_inbox)
+        .where(webhook_inbox.c.id == event.id)
+        .values(
+            status="dead" if dead else "failed",
+            attempts=attempts,
+            last_error=error,
+            next_attempt_at=None if dead else sa.func.clock_timestamp() + delay,
+        )
+    )
+    return "dead" if dead else "failed"
+
+
+def count_dead(conn: Connection) -> int:
+    return conn.execute(sa.select(sa.func.count()).where(webhook_inbox.c.status == "dead")).scalar_one()
+
+
+def requeue_dead(conn: Connection) -> int:
+    """Give dead events a fresh start (after the cause is fixed); returns how many."""
+    return conn.execute(
+        sa.update(webhook_inbox)
+        .where(webhook_inbox.c.status == "dead")
+        .values(status="pending", attempts=0, next_attempt_at=None)
+    ).rowcount

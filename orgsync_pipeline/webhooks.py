@@ -1,0 +1,156 @@
+"""The webhook receiver: verify Clerk's Svix signature, commit the event to the inbox, then answer.
+
+Only a committed event gets a 2xx. A request that can never succeed gets a 4xx with a short reason
+(Svix does not need to retry it); a database that cannot take the event gets a 503, so Svix
+delivers it again later and nothing is lost.
+"""
+
+import json
+import logging
+import threading
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from svix.webhooks import Webhook, WebhookVerificationError
+
+from orgsync_pipeline.events import HANDLED_EVENTS
+from orgsync_pipeline.settings import Settings, SettingsError, load_settings
+from orgsync_pipeline.store import inbox
+from orgsync_pipeline.store.database import configured_database_url, engine_for
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
+RETRY_AFTER_SECONDS = "30"
+
+
+class InboxDatabase:
+    """The inbox's database, connected (and migrated) on first use, so the receiver starts and
+    answers 503 while the database is down instead of refusing to start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = engine_for(configured_database_url(self._settings))
+            return self._engine
+
+    def store(self, svix_id: str, payload: dict) -> inbox.StoredEvent:
+        with self.engine().begin() as conn:
+            return inbox.store_event(
+                conn, svix_id=svix_id, payload=payload, handled=payload["type"] in HANDLED_EVENTS
+            )
+
+    def ping(self) -> None:
+        with self.engine().connect() as conn:
+            conn.execute(sa.select(1))
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The receiver's ASGI app. Refuses to start without a usable signing secret."""
+    settings = settings or load_settings()
+    if settings.webhook_secret is None:
+        raise SettingsError(
+            "CLERK_WEBHOOK_SECRET (or CLERK_WEBHOOK_SIGNING_SECRET) is not set: copy the endpoint's signing "
+            "secret (whsec_…) from Clerk's dashboard; without it no request could be verified"
+        )
+    try:
+        verifier = Webhook(settings.webhook_secret.reveal())
+    except Exception:  # the secret's value must not reach the message
+        raise SettingsError("CLERK_WEBHOOK_SECRET is not a valid Svix signing secret (whsec_…)") from None
+    database = InboxDatabase(settings)
+
+    async def receive_clerk_event(request: Request) -> JSONResponse:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return _reject(413, f"body over {MAX_BODY_BYTES} bytes")
+        body = await _read_body(request, MAX_BODY_BYTES)
+        if body is None:
+            return _reject(413, f"body over {MAX_BODY_BYTES} bytes")
+
+        headers = {name: request.headers[name] for name in SVIX_HEADERS if name in request.headers}
+        missing = [name for name in SVIX_HEADERS if name not in headers]
+        if missing:
+            return _reject(400, f"missing {', '.join(missing)} header")
+        try:
+            verifier.verify(body, headers)
+        except WebhookVerificationError as exc:
+            return _reject(401, f"signature not verified: {exc}")
+        except Exception:  # svix raises binascii.Error/ValueError on garbage signature headers
+            return _reject(400, "malformed svix-signature or svix-timestamp header")
+
+        try:
+            event = json.loads(body)
+        except ValueError:
+            return _reject(400, "body is not JSON")
+        if not (
+            isinstance(event, dict)
+            and isinstance(event.get("type"), str)
+            and isinstance(event.get("data"), dict)
+        ):
+            return _reject(400, "body is not a Clerk event (needs a string type and an object data)")
+
+        try:
+            stored = await run_in_threadpool(database.store, headers["svix-id"], event)
+        except sa.exc.DataError as exc:
+            return _reject(400, f"event cannot be stored: {exc.orig}")
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning(
+                "inbox unavailable, asking Svix to retry %s: %s", headers["svix-id"], type(exc).__name__
+            )
+            return JSONResponse(
+                {"error": "inbox database unavailable; retry later"},
+                status_code=503,
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
+            )
+        status = (
+            "duplicate" if stored.duplicate else ("stored" if event["type"] in HANDLED_EVENTS else "ignored")
+        )
+        return JSONResponse({"status": status, "inbox_id": stored.inbox_id})
+
+    async def healthz(request: Request) -> JSONResponse:
+        try:
+            await run_in_threadpool(database.ping)
+        except sa.exc.SQLAlchemyError:
+            return JSONResponse({"status": "database unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/clerk", receive_clerk_event, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
+
+
+def serve(host: str, port: int) -> None:
+    """Run the receiver under uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The raw body (verified byte for byte, never re-serialised), or None past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
