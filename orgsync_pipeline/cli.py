@@ -111,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``orgsync`` console script."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # The demo tells its own story; other commands log what they do.
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING if args.run is demo_command else logging.INFO)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", handlers=[handler])
     try:
         return args.run(args)
     except SettingsError as exc:

@@ -6,12 +6,17 @@ Runs are recorded in ``ORGSYNC_HOME/dagster``, the Dagster home ``orgsync dev`` 
 demo's runs show up in the UI afterwards.
 """
 
+import base64
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -100,8 +105,76 @@ def run_demo(out: Print = print) -> int:
                 f"deleted {metadata['rows_deleted']}, quarantined {metadata['rows_quarantined']}"
             )
         _print_tables(out)
+
+        if not _demo_webhook(emulator, defs, instance, quiet, out):
+            return 1
     out("\nNext: `orgsync dev` opens the Dagster UI (http://127.0.0.1:3000) with these runs.")
     return 0
+
+
+def _demo_webhook(emulator: ClerkEmulator, defs: Any, instance: Any, run_config: dict, out: Print) -> bool:
+    """A change in Clerk arriving by webhook: signed delivery → receiver → inbox → sensor → apply run."""
+    import dagster as dg
+
+    from orgsync_pipeline.resources import PostgresResource
+    from orgsync_pipeline.sensors import clerk_webhook_sensor
+
+    secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    os.environ["CLERK_WEBHOOK_SECRET"] = secret
+    with serve_receiver() as receiver_url:
+        emulator.add_webhook_endpoint(f"{receiver_url}/webhooks/clerk", secret)
+        org = list(emulator.organizations.values())[1]
+        newcomer = emulator.create_user("Grace", "Hopper", "grace.hopper@example.com")
+        emulator.create_membership(org["id"], newcomer["id"], role="org:admin")
+        out(
+            f"\nIn Clerk: Grace Hopper joins {org['name']!r} as admin; "
+            f"Clerk sends the webhooks to {receiver_url} …"
+        )
+        if not emulator.wait_for_deliveries(timeout=30) or emulator.failed_deliveries:
+            out("The receiver did not accept the webhooks.")
+            return False
+        out(f"  the receiver verified and stored {len(emulator.webhook_events)} events in webhook_inbox")
+
+    # Under `orgsync dev` the daemon evaluates the sensor every few seconds; here we do it once.
+    resources = {"postgres": PostgresResource(database_url=os.environ["DATABASE_URL"])}
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        request = clerk_webhook_sensor(context).run_requests[0]
+    result = defs.resolve_job_def("clerk_webhook_apply").execute_in_process(
+        instance=instance, run_config=run_config, tags=request.tags, raise_on_error=False
+    )
+    if not result.success:
+        out("The webhook apply run failed; see it in `orgsync dev`.")
+        return False
+    (event,) = result.get_asset_materialization_events()
+    metadata = {key: value.value for key, value in event.materialization.metadata.items()}
+    out(
+        f"  clerk_webhook_sensor launched clerk_webhook_apply (run {result.run_id[:8]}): "
+        f"{metadata['events_applied']} events applied, {metadata['lag_seconds_max']:.1f} s after receipt"
+    )
+    _print_tables(out)
+    return True
+
+
+@contextmanager
+def serve_receiver() -> Iterator[str]:
+    """The webhook receiver under uvicorn on a free loopback port, for as long as the block runs."""
+    import uvicorn
+
+    from orgsync_pipeline.webhooks import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def _print_tables(out: Print) -> None:
@@ -115,13 +188,16 @@ def _print_tables(out: Print) -> None:
         .group_by(organizations.c.id)
         .order_by(organizations.c.name)
     )
+    live = {
+        organizations.name: sa.select(sa.func.count()).where(organizations.c.deleted_at.is_(None)),
+        profiles.name: sa.select(sa.func.count()).where(profiles.c.deleted_at.is_(None)),
+        organization_members.name: sa.select(sa.func.count()).select_from(organization_members),
+        sync_quarantine.name: sa.select(sa.func.count()).select_from(sync_quarantine),
+    }
     with engine.connect() as conn:
-        counts = {
-            table.name: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-            for table in (organizations, profiles, organization_members, sync_quarantine)
-        }
+        counts = {name: conn.execute(query).scalar_one() for name, query in live.items()}
         rows = conn.execute(members).all()
-    out("  " + ", ".join(f"{name}: {count}" for name, count in counts.items()))
+    out("  live rows: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     for row in rows:
         out(f"    {row.name:<28} {row.slug or '':<24} {row.n} members")
 

