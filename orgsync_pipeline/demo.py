@@ -8,11 +8,8 @@ demo's runs show up in the UI afterwards.
 
 import base64
 import os
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,10 +115,11 @@ def _demo_webhook(emulator: ClerkEmulator, defs: Any, instance: Any, run_config:
 
     from orgsync_pipeline.resources import PostgresResource
     from orgsync_pipeline.sensors import clerk_webhook_sensor
+    from orgsync_pipeline.webhooks import create_app, serve_in_thread
 
     secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
     os.environ["CLERK_WEBHOOK_SECRET"] = secret
-    with serve_receiver() as receiver_url:
+    with serve_in_thread(create_app()) as receiver_url:
         emulator.add_webhook_endpoint(f"{receiver_url}/webhooks/clerk", secret)
         org = list(emulator.organizations.values())[1]
         newcomer = emulator.create_user("Grace", "Hopper", "grace.hopper@example.com")
@@ -153,28 +151,6 @@ def _demo_webhook(emulator: ClerkEmulator, defs: Any, instance: Any, run_config:
     )
     _print_tables(out)
     return True
-
-
-@contextmanager
-def serve_receiver() -> Iterator[str]:
-    """The webhook receiver under uvicorn on a free loopback port, for as long as the block runs."""
-    import uvicorn
-
-    from orgsync_pipeline.webhooks import create_app
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started and thread.is_alive():
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _print_tables(out: Print) -> None:

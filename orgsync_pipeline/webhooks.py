@@ -5,14 +5,21 @@ Only a committed event gets a 2xx. A request that can never succeed gets a 4xx w
 delivers it again later and nothing is lost.
 """
 
+import base64
+import functools
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
+import anyio
 import sqlalchemy as sa
+import uvicorn
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -24,10 +31,13 @@ from orgsync_pipeline.store import inbox
 from orgsync_pipeline.store.database import configured_database_url, engine_for
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BODY_BYTES = 1024 * 1024
 SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
 RETRY_AFTER_SECONDS = "30"
+# Svix waits about 15 s for an answer: a database that hangs must still get a 503 before that.
+DATABASE_TIMEOUT_SECONDS = 10.0
 
 
 class InboxDatabase:
@@ -64,10 +74,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "CLERK_WEBHOOK_SECRET (or CLERK_WEBHOOK_SIGNING_SECRET) is not set: copy the endpoint's signing "
             "secret (whsec_…) from Clerk's dashboard; without it no request could be verified"
         )
-    try:
-        verifier = Webhook(settings.webhook_secret.reveal())
-    except Exception:  # the secret's value must not reach the message
-        raise SettingsError("CLERK_WEBHOOK_SECRET is not a valid Svix signing secret (whsec_…)") from None
+    verifier = _verifier(settings.webhook_secret.reveal())
     database = InboxDatabase(settings)
 
     async def receive_clerk_event(request: Request) -> JSONResponse:
@@ -101,10 +108,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return _reject(400, "body is not a Clerk event (needs a string type and an object data)")
 
         try:
-            stored = await run_in_threadpool(database.store, headers["svix-id"], event)
+            stored = await _within(DATABASE_TIMEOUT_SECONDS, database.store, headers["svix-id"], event)
         except sa.exc.DataError as exc:
             return _reject(400, f"event cannot be stored: {exc.orig}")
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, TimeoutError) as exc:
             log.warning(
                 "inbox unavailable, asking Svix to retry %s: %s", headers["svix-id"], type(exc).__name__
             )
@@ -120,8 +127,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def healthz(request: Request) -> JSONResponse:
         try:
-            await run_in_threadpool(database.ping)
-        except sa.exc.SQLAlchemyError:
+            await _within(DATABASE_TIMEOUT_SECONDS, database.ping)
+        except (sa.exc.SQLAlchemyError, TimeoutError):
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
@@ -135,9 +142,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 def serve(host: str, port: int) -> None:
     """Run the receiver under uvicorn until interrupted."""
-    import uvicorn
-
     uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+@contextmanager
+def serve_in_thread(app: Starlette) -> Iterator[str]:
+    """Serve ``app`` under uvicorn on a free loopback port in a background thread (the demo and the
+    tests); yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="webhook-receiver", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the webhook receiver did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -150,6 +174,32 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _within(seconds: float, function: Callable[..., T], *args: Any) -> T:
+    """Run blocking database work in a worker thread, giving up on it after ``seconds`` (the thread
+    is abandoned, not waited for: a hung socket may hold it until the TCP timeouts fire)."""
+    with anyio.fail_after(seconds):
+        return await anyio.to_thread.run_sync(functools.partial(function, *args), abandon_on_cancel=True)
+
+
+def _verifier(secret: str) -> Webhook:
+    """A verifier for a signing secret shaped as Clerk's dashboard shows it: ``whsec_`` and base64.
+
+    The svix package would also take other strings (it drops non-base64 characters), which would
+    start a receiver that rejects every delivery; a clear start-up error is better.
+    """
+    encoded = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except ValueError:
+        key = b""
+    if not secret.startswith("whsec_") or len(key) < 16:
+        raise SettingsError(
+            "CLERK_WEBHOOK_SECRET is not a Svix signing secret: expected whsec_ followed by base64, "
+            "as shown for the endpoint in Clerk's dashboard"
+        )
+    return Webhook(secret)
 
 
 def _reject(status: int, reason: str) -> JSONResponse:

@@ -10,26 +10,22 @@ import base64
 import json
 import os
 import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from sqlalchemy.engine import Engine, make_url
-from svix.webhooks import Webhook
 
-from orgsync_pipeline.clerk.emulator import DEFAULT_SECRET_KEY, ClerkEmulator
+from orgsync_pipeline.clerk.emulator import DEFAULT_SECRET_KEY, ClerkEmulator, svix_headers
 from orgsync_pipeline.settings import load_settings
 from orgsync_pipeline.store.database import dispose_engines, engine_for, normalize_url
-from orgsync_pipeline.webhooks import create_app
+from orgsync_pipeline.webhooks import create_app, serve_in_thread
 
 
 def _free_port() -> int:
@@ -114,15 +110,9 @@ class Receiver:
     ) -> httpx.Response:
         """POST ``envelope`` signed as Svix would (a fresh svix-id unless given)."""
         body = json.dumps(envelope).encode() if not isinstance(envelope, bytes) else envelope
-        msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
-        timestamp = timestamp or datetime.now(UTC)
-        signature = Webhook(self.secret).sign(msg_id, timestamp, body.decode())
-        headers = {
-            "svix-id": msg_id,
-            "svix-timestamp": str(int(timestamp.timestamp())),
-            "svix-signature": signature,
-            "content-type": "application/json",
-        }
+        seconds = int(timestamp.timestamp()) if timestamp else None
+        headers = svix_headers(self.secret, body, msg_id=msg_id, timestamp=seconds)
+        headers["content-type"] = "application/json"
         return httpx.post(f"{self.url}/webhooks/clerk", content=body, headers=headers, timeout=30)
 
 
@@ -136,13 +126,5 @@ def webhook_secret(monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def receiver(database_url: str, webhook_secret: str) -> Iterator[Receiver]:
     """``orgsync serve-webhooks``'s app under uvicorn, on a free loopback port, on the test's schema."""
-    app = create_app(load_settings())
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield Receiver(f"http://127.0.0.1:{port}", webhook_secret)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(create_app(load_settings())) as url:
+        yield Receiver(url, webhook_secret)

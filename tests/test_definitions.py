@@ -34,12 +34,16 @@ def test_dagster_cli_validates_the_code_location() -> None:
 
 
 def test_assets_job_and_schedule() -> None:
-    """One asset per table in group `clerk`, each with a description and kinds; the hourly schedule runs
-    `clerk_full_sync` and is on by default."""
+    """One asset per synced table in group `clerk` and the inbox in `clerk_webhooks`, each with a
+    description and kinds; the hourly schedule runs `clerk_full_sync` and is on by default."""
     specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
-    assert set(specs) == {"organizations", "profiles", "organization_members"}
+    assert {key: spec.group_name for key, spec in specs.items()} == {
+        "organizations": "clerk",
+        "profiles": "clerk",
+        "organization_members": "clerk",
+        "webhook_inbox": "clerk_webhooks",
+    }
     for spec in specs.values():
-        assert spec.group_name == "clerk"
         assert spec.description
         assert "postgres" in spec.kinds
     schedule = defs.resolve_schedule_def("clerk_full_sync_schedule")

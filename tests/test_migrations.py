@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from orgsync_pipeline.store.database import MIGRATION_LOCK_KEY, MigrationError, migrate, migrations
 
-VERSIONS = ["0001_sync_tables", "0002_organization_ids_to_text"]
+VERSIONS = ["0001_sync_tables", "0002_organization_ids_to_text", "0003_webhook_inbox"]
 SYNC_TABLES = (
     "organizations",
     "profiles",

@@ -26,6 +26,17 @@ _migrations_table = sa.Table(
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
+# A database that stops answering (a network black hole, a hung server) must fail a query in
+# seconds, not after the kernel's TCP timeout (minutes); libpq ignores these on Unix sockets.
+CONNECT_ARGS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -129,7 +140,7 @@ def engine_for(url: str) -> Engine:
         engine = _engines.get(url)
         if engine is None:
             engine = sa.create_engine(
-                url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 10}
+                url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=CONNECT_ARGS
             )
             migrate(engine)
             _engines[url] = engine
