@@ -1,6 +1,6 @@
 """Asset checks: quarantined records, and row counts against Clerk's own counts."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 import sqlalchemy as sa
@@ -16,6 +16,15 @@ from orgsync_pipeline.store.schema import (
 )
 
 SAMPLE_SIZE = 10
+
+
+def _markdown(header: list[str], rows: Sequence[Sequence[object]]) -> dg.MetadataValue:
+    """A small Markdown table for the UI (or "none")."""
+    if not rows:
+        return dg.MetadataValue.md("none")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(value).replace("|", "\\|") for value in row) + " |" for row in rows]
+    return dg.MetadataValue.md("\n".join(lines))
 
 
 def quarantine_check(asset: str, entity: str) -> dg.AssetChecksDefinition:
@@ -35,16 +44,10 @@ def quarantine_check(asset: str, entity: str) -> dg.AssetChecksDefinition:
                 .order_by(sync_quarantine.c.last_seen_at.desc())
                 .limit(SAMPLE_SIZE)
             ).all()
-        table = "\n".join(f"| {row.clerk_id or '(no id)'} | {row.reason} |" for row in sample)
         return dg.AssetCheckResult(
             passed=count == 0,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "quarantined": count,
-                "sample": dg.MetadataValue.md(
-                    f"| clerk id | reason |\n|---|---|\n{table}" if sample else "none"
-                ),
-            },
+            metadata={"quarantined": count, "sample": _markdown(["clerk id", "reason"], sample)},
         )
 
     return check
@@ -95,16 +98,10 @@ def no_dead_events(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.engine().connect() as conn:
         count = conn.execute(sa.select(sa.func.count()).select_from(dead.subquery())).scalar_one()
         sample = conn.execute(dead.order_by(webhook_inbox.c.id.desc()).limit(SAMPLE_SIZE)).all()
-    table = "\n".join(f"| {row.id} | {row.event_type} | {row.last_error} |" for row in sample)
     return dg.AssetCheckResult(
         passed=count == 0,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "dead_events": count,
-            "sample": dg.MetadataValue.md(
-                f"| id | type | last error |\n|---|---|---|\n{table}" if sample else "none"
-            ),
-        },
+        metadata={"dead_events": count, "sample": _markdown(["id", "type", "last error"], sample)},
     )
 
 

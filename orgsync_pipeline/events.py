@@ -23,6 +23,7 @@ from orgsync_pipeline.store import apply, inbox
 from orgsync_pipeline.validation import (
     ORG_ID,
     USER_ID,
+    membership_pair,
     record_updated_at,
     validate_memberships,
     validate_organizations,
@@ -206,10 +207,7 @@ def _deleted_id(data: Mapping[str, Any], pattern: Any) -> str:
 
 
 def _membership_key(data: Mapping[str, Any]) -> MembershipKey:
-    org = data.get("organization")
-    user = data.get("public_user_data")
-    org_id = org.get("id") if isinstance(org, dict) else None
-    user_id = user.get("user_id") if isinstance(user, dict) else None
+    org_id, user_id = membership_pair(data)
     if not (isinstance(org_id, str) and ORG_ID.fullmatch(org_id)):
         raise EventShapeError(f"membership has no usable organization.id (got {org_id!r})")
     if not (isinstance(user_id, str) and USER_ID.fullmatch(user_id)):

@@ -9,7 +9,7 @@ with a lookup by id (offset pages can shift while Clerk changes under the crawl)
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,8 @@ from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles
 from orgsync_pipeline.validation import (
+    Validated,
+    membership_pair,
     record_id,
     record_updated_at,
     validate_memberships,
@@ -68,58 +70,69 @@ class SyncReport:
 
 def sync_organizations(engine: Engine, clerk: ClerkClient, settings: Settings, log: Log) -> SyncReport:
     """Make ``organizations`` match Clerk's complete organization listing."""
-    started = time.monotonic()
-    listing_started_at = database_now(engine)
-    records = collect_listing(clerk.iter_organization_pages())
-    validated = validate_organizations(records)
-    with engine.begin() as conn:
-        counts = apply.apply_organizations(conn, validated.rows)
-        apply.quarantine(conn, validated.quarantined, source=SOURCE)
-        apply.prune_quarantine(conn, "organization", not_seen_since=listing_started_at)
-    deleted = reconcile_soft_deletes(
+    return _sync_soft_deleted_table(
         engine,
-        organizations,
-        seen_ids={record_id(record) for record in records},
-        listing_started_at=listing_started_at,
+        settings,
+        log,
+        table=organizations,
+        entity="organization",
+        pages=clerk.iter_organization_pages(),
+        validate=validate_organizations,
+        write=apply.apply_organizations,
         still_exists=lambda org_id: clerk.get_organization(org_id) is not None,
         delete=apply.delete_organizations,
-        max_fraction=settings.max_delete_fraction,
-        log=log,
-    )
-    return SyncReport(
-        table="organizations",
-        fetched=len(records),
-        inserted=counts.inserted,
-        updated=counts.updated,
-        unchanged=counts.unchanged,
-        deleted=deleted,
-        quarantined=len(validated.quarantined),
-        duration_seconds=time.monotonic() - started,
     )
 
 
 def sync_profiles(engine: Engine, clerk: ClerkClient, settings: Settings, log: Log) -> SyncReport:
     """Make ``profiles`` match Clerk's complete user listing."""
-    started = time.monotonic()
-    listing_started_at = database_now(engine)
-    records = collect_listing(clerk.iter_user_pages())
-    validated = validate_profiles(records)
-    with engine.begin() as conn:
-        counts = apply.apply_profiles(conn, validated.rows)
-        apply.quarantine(conn, validated.quarantined, source=SOURCE)
-        apply.prune_quarantine(conn, "profile", not_seen_since=listing_started_at)
-    deleted = reconcile_soft_deletes(
+    return _sync_soft_deleted_table(
         engine,
-        profiles,
-        seen_ids={record_id(record) for record in records},
-        listing_started_at=listing_started_at,
+        settings,
+        log,
+        table=profiles,
+        entity="profile",
+        pages=clerk.iter_user_pages(),
+        validate=validate_profiles,
+        write=apply.apply_profiles,
         still_exists=lambda user_id: clerk.get_user(user_id) is not None,
         delete=apply.delete_profiles,
+    )
+
+
+def _sync_soft_deleted_table(
+    engine: Engine,
+    settings: Settings,
+    log: Log,
+    *,
+    table: sa.Table,
+    entity: str,
+    pages: Iterator[list[Any]],
+    validate: Callable[[list[Any]], Validated],
+    write: Callable[[Connection, Sequence[Any]], apply.ApplyCounts],
+    still_exists: Callable[[str], bool],
+    delete: Callable[..., list[str]],
+) -> SyncReport:
+    started = time.monotonic()
+    listing_started_at = database_now(engine)  # before the first page: ``pages`` is lazy
+    records = collect_listing(pages)
+    validated = validate(records)
+    with engine.begin() as conn:
+        counts = write(conn, validated.rows)
+        apply.quarantine(conn, validated.quarantined, source=SOURCE)
+        apply.prune_quarantine(conn, entity, not_seen_since=listing_started_at)
+    deleted = reconcile_soft_deletes(
+        engine,
+        table,
+        seen_ids={record_id(record) for record in records},
+        listing_started_at=listing_started_at,
+        still_exists=still_exists,
+        delete=delete,
         max_fraction=settings.max_delete_fraction,
         log=log,
     )
     return SyncReport(
-        table="profiles",
+        table=table.name,
         fetched=len(records),
         inserted=counts.inserted,
         updated=counts.updated,
@@ -149,7 +162,7 @@ def sync_memberships(engine: Engine, clerk: ClerkClient, settings: Settings, log
     deleted = reconcile_memberships(
         engine,
         clerk,
-        seen_keys={key for key in map(_membership_pair, records) if key is not None},
+        seen_keys={pair for pair in map(membership_pair, records) if None not in pair},
         listing_started_at=listing_started_at,
         max_fraction=settings.max_delete_fraction,
         log=log,
@@ -298,13 +311,3 @@ def _not_written_since(table: sa.Table, moment: datetime) -> sa.ColumnElement[bo
 
 def _now(conn: Connection) -> datetime:
     return conn.execute(sa.select(sa.func.now())).scalar_one()
-
-
-def _membership_pair(record: Any) -> tuple[str, str] | None:
-    if not isinstance(record, dict):
-        return None
-    org = record.get("organization")
-    user = record.get("public_user_data")
-    if isinstance(org, dict) and isinstance(user, dict) and org.get("id") and user.get("user_id"):
-        return (org["id"], user["user_id"])
-    return None

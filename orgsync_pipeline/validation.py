@@ -212,7 +212,8 @@ def validate_memberships(records: Sequence[Any], role_map: Mapping[str, str]) ->
         current = embedded.get(flat[i]["organization_id"])
         if current is None or record_updated_at(org) > record_updated_at(current):
             embedded[flat[i]["organization_id"]] = org
-        stubs.setdefault(flat[i]["user_id"], _profile_stub(record.get("public_user_data") or {}))
+        if flat[i]["user_id"] not in stubs:
+            stubs[flat[i]["user_id"]] = _profile_stub(record.get("public_user_data") or {})
     orgs = validate_organizations(list(embedded.values()), entity="organization")
     result.organizations = orgs.rows
     result.quarantined.extend(orgs.quarantined)
@@ -258,13 +259,24 @@ def _profile_fields(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _membership_fields(record: dict[str, Any]) -> dict[str, Any]:
+def membership_pair(record: Any) -> tuple[Any, Any]:
+    """A raw membership's ``(organization.id, public_user_data.user_id)``; None where absent."""
+    if not isinstance(record, dict):
+        return None, None
     org = record.get("organization")
     user = record.get("public_user_data")
+    return (
+        org.get("id") if isinstance(org, dict) else None,
+        user.get("user_id") if isinstance(user, dict) else None,
+    )
+
+
+def _membership_fields(record: dict[str, Any]) -> dict[str, Any]:
+    organization_id, user_id = membership_pair(record)
     return {
         "id": record.get("id"),
-        "organization_id": org.get("id") if isinstance(org, dict) else None,
-        "user_id": user.get("user_id") if isinstance(user, dict) else None,
+        "organization_id": organization_id,
+        "user_id": user_id,
         "clerk_role": record.get("role"),
         "created_at": record.get("created_at"),
         "updated_at": record.get("updated_at"),

@@ -66,15 +66,18 @@ def clerk_members(
 
 
 def synced_at(engine: Engine) -> dict[str, Any]:
+    """Every row's synced_at and xmax: a row that was updated, or even only locked, changes one."""
+    xmax = sa.literal_column("xmax::text")
+    stamps = {}
     with engine.connect() as conn:
-        stamps = {}
         for table, key in (
             (organizations, "id"),
             (profiles, "id"),
             (organization_members, "clerk_membership_id"),
         ):
-            stamps.update(dict(conn.execute(sa.select(table.c[key], table.c.synced_at)).all()))
-        return stamps
+            rows = conn.execute(sa.select(table.c[key], table.c.synced_at, xmax)).all()
+            stamps.update({row[0]: (row[1], row[2]) for row in rows})
+    return stamps
 
 
 @pytest.fixture

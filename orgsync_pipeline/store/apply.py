@@ -15,9 +15,10 @@ owns. The rules they enforce:
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import TypeVar
 
 import sqlalchemy as sa
 from psycopg import sql
@@ -33,6 +34,8 @@ from orgsync_pipeline.store.schema import (
     profiles,
     sync_quarantine,
 )
+
+RowT = TypeVar("RowT", OrganizationRow, ProfileRow, MembershipRow)
 
 
 @dataclass
@@ -107,81 +110,101 @@ def _text_array(values: Iterable[str]) -> sa.BindParameter[list[str]]:
 
 
 def _stage(conn: Connection, stage: sa.Table, rows: Iterable[tuple]) -> None:
-    """(Re)create ``stage`` in this transaction and fill it with ``COPY``."""
+    """(Re)create ``stage`` in this transaction, fill it with ``COPY`` and give the planner its stats."""
     stage.drop(conn, checkfirst=True)
     stage.create(conn)
-    copy_statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(stage.name),
-        sql.SQL(", ").join(sql.Identifier(column.name) for column in stage.columns),
-    )
-    with conn.connection.driver_connection.cursor() as cursor, cursor.copy(copy_statement) as copy:
-        for row in rows:
-            copy.write_row(row)
+    name = sql.Identifier(stage.name)
+    columns = sql.SQL(", ").join(sql.Identifier(column.name) for column in stage.columns)
+    driver = conn.connection.driver_connection
+    with driver.cursor() as cursor:
+        with cursor.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(name, columns)) as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(sql.SQL("ANALYZE {}").format(name))
 
 
-def _latest_by(stage: sa.Table, *key: sa.Column) -> sa.Subquery:
-    """One staged row per key, the newest; ordered by key so concurrent merges lock rows in the same order."""
-    return (
-        sa.select(stage)
-        .distinct(*key)
-        .order_by(*key, stage.c.updated_at.desc().nulls_last())
-        .subquery("incoming")
-    )
+def _newest_per_key(rows: Iterable[RowT], key: Callable[[RowT], object]) -> list[RowT]:
+    """One row per key, the newest by ``updated_at`` (a batch may repeat a record)."""
+    newest: dict[object, RowT] = {}
+    for row in rows:
+        current = newest.get(key(row))
+        if current is None or (row.updated_at or -1) >= (current.updated_at or -1):
+            newest[key(row)] = row
+    return list(newest.values())
 
 
-def _newer_or_adopted(
-    target: sa.Table, incoming_updated_at: sa.ColumnElement[datetime]
+def _should_write(
+    target: sa.Table, incoming: Mapping[str, sa.ColumnElement], compared: Sequence[str]
 ) -> sa.ColumnElement[bool]:
-    """The incoming version may replace the stored one: it is at least as new, or orgsync never
-    wrote the stored row (adopted data, or a stub without Clerk timestamps)."""
-    return sa.or_(
+    """Whether ``incoming`` replaces the stored row: it is at least as new (or orgsync never wrote
+    the stored row: adopted data, a stub without Clerk timestamps), a deletion of the stored row is
+    not newer than it, and its content differs."""
+    newer = sa.or_(
         target.c.synced_at.is_(None),
         target.c.updated_at.is_(None),
-        incoming_updated_at >= target.c.updated_at,
+        incoming["updated_at"] >= target.c.updated_at,
     )
-
-
-def _differs(
-    target: sa.Table, excluded: sa.ColumnCollection, columns: Sequence[str]
-) -> sa.ColumnElement[bool]:
-    return sa.tuple_(*(target.c[name] for name in columns)).is_distinct_from(
-        sa.tuple_(*(excluded[name] for name in columns))
+    not_deleted_after = (
+        sa.or_(target.c.deleted_at.is_(None), incoming["updated_at"] > target.c.deleted_at)
+        if "deleted_at" in target.c
+        else sa.true()
     )
+    differs = sa.tuple_(*(target.c[name] for name in compared)).is_distinct_from(
+        sa.tuple_(*(incoming[name] for name in compared))
+    )
+    return sa.and_(newer, not_deleted_after, differs)
 
 
-def _count_merge(result: sa.CursorResult, received: int) -> ApplyCounts:
-    flags = result.scalars().all()
+def _merge(
+    conn: Connection,
+    target: sa.Table,
+    key: Sequence[str],
+    values: dict[str, sa.ColumnElement],
+    source: sa.Select,
+    compared: Sequence[str],
+    received: int,
+) -> ApplyCounts:
+    """``INSERT … SELECT … ON CONFLICT (key) DO UPDATE … WHERE`` writing only new and changed rows.
+
+    Incoming rows that would change nothing are filtered out before the insert, so they never
+    reach the conflict path, which would lock (and so write to) every matching row.
+    """
+    unchanged = (
+        sa.exists()
+        .where(*(target.c[name] == values[name] for name in key))
+        .where(sa.not_(_should_write(target, values, compared)))
+    )
+    source = source.add_columns(*values.values()).where(~unchanged).order_by(*(values[name] for name in key))
+    statement = pg.insert(target).from_select(list(values), source)
+    excluded = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=[target.c[name] for name in key],
+        set_={name: excluded[name] for name in values if name not in key},
+        # Checked again: a concurrent writer may have changed the row since the filter ran.
+        where=_should_write(target, {name: excluded[name] for name in values}, compared),
+    ).returning(_WAS_INSERTED)
+    flags = conn.execute(statement).scalars().all()
     inserted = sum(1 for flag in flags if flag)
-    updated = len(flags) - inserted
-    return ApplyCounts(received=received, inserted=inserted, updated=updated, unchanged=received - len(flags))
+    return ApplyCounts(
+        received=received, inserted=inserted, updated=len(flags) - inserted, unchanged=received - len(flags)
+    )
 
 
 # xmax is 0 only on a freshly inserted tuple: tells inserts from updates in the merge's RETURNING.
 _WAS_INSERTED = sa.literal_column("(xmax = 0)", type_=sa.Boolean).label("inserted")
 
 
-def _merge_entity(conn: Connection, target: sa.Table, stage: sa.Table, content: Sequence[str]) -> ApplyCounts:
+def _merge_entity(
+    conn: Connection, target: sa.Table, stage: sa.Table, content: Sequence[str], received: int
+) -> ApplyCounts:
     """Merge a staged organizations/profiles batch into ``target`` (newer wins, no resurrection)."""
-    incoming = _latest_by(stage, stage.c.id)
-    received = conn.execute(sa.select(sa.func.count()).select_from(incoming)).scalar_one()
-    values = {name: incoming.c[name] for name in ("id", *content)}
-    values["created_at"] = _ms_to_timestamptz(incoming.c.created_at)
-    values["updated_at"] = _ms_to_timestamptz(incoming.c.updated_at)
+    values: dict[str, sa.ColumnElement] = {name: stage.c[name] for name in ("id", *content)}
+    values["created_at"] = _ms_to_timestamptz(stage.c.created_at)
+    values["updated_at"] = _ms_to_timestamptz(stage.c.updated_at)
+    values["deleted_at"] = sa.null()
     values["synced_at"] = sa.func.now()
-    statement = pg.insert(target).from_select(list(values), sa.select(*values.values()))
-    excluded = statement.excluded
     compared = [*content, "created_at", "updated_at", "deleted_at"]
-    statement = statement.on_conflict_do_update(
-        index_elements=[target.c.id],
-        set_={**{name: excluded[name] for name in values if name != "id"}, "deleted_at": None},
-        where=sa.and_(
-            _newer_or_adopted(target, excluded.updated_at),
-            # A deletion stands against anything not newer than it.
-            sa.or_(target.c.deleted_at.is_(None), excluded.updated_at > target.c.deleted_at),
-            _differs(target, excluded, compared),
-        ),
-    ).returning(_WAS_INSERTED)
-    return _count_merge(conn.execute(statement), received)
+    return _merge(conn, target, ["id"], values, sa.select(), compared, received)
 
 
 def _release_quarantine(conn: Connection, entity: str, stage: sa.Table) -> None:
@@ -196,22 +219,24 @@ def _release_quarantine(conn: Connection, entity: str, stage: sa.Table) -> None:
 
 def apply_organizations(conn: Connection, rows: Sequence[OrganizationRow]) -> ApplyCounts:
     """Upsert validated organizations: inserts new ones, updates changed ones that are newer."""
+    rows = _newest_per_key(rows, lambda row: row.id)
     if not rows:
         return ApplyCounts()
     _stage(conn, _stage_organizations, rows)
-    counts = _merge_entity(
-        conn, organizations, _stage_organizations, ("name", "slug", "image_url", "public_metadata")
-    )
+    content = ("name", "slug", "image_url", "public_metadata")
+    counts = _merge_entity(conn, organizations, _stage_organizations, content, len(rows))
     _release_quarantine(conn, "organization", _stage_organizations)
     return counts
 
 
 def apply_profiles(conn: Connection, rows: Sequence[ProfileRow]) -> ApplyCounts:
     """Upsert validated profiles (Clerk users): inserts new ones, updates changed ones that are newer."""
+    rows = _newest_per_key(rows, lambda row: row.id)
     if not rows:
         return ApplyCounts()
     _stage(conn, _stage_profiles, rows)
-    counts = _merge_entity(conn, profiles, _stage_profiles, ("email", "first_name", "last_name", "image_url"))
+    content = ("email", "first_name", "last_name", "image_url")
+    counts = _merge_entity(conn, profiles, _stage_profiles, content, len(rows))
     _release_quarantine(conn, "profile", _stage_profiles)
     return counts
 
@@ -222,15 +247,19 @@ def insert_profile_stubs(conn: Connection, stubs: Sequence[ProfileRow]) -> int:
     A stub has no Clerk timestamps, so the user's own record replaces it whenever it arrives; an
     existing profile (deleted or not) is never touched.
     """
+    stubs = _newest_per_key(stubs, lambda row: row.id)
     if not stubs:
         return 0
     _stage(conn, _stage_profiles, stubs)
-    incoming = _latest_by(_stage_profiles, _stage_profiles.c.id)
+    stage = _stage_profiles
     columns = ("id", "email", "first_name", "last_name", "image_url")
     statement = (
         pg.insert(profiles)
         .from_select(
-            [*columns, "synced_at"], sa.select(*(incoming.c[name] for name in columns), sa.func.now())
+            [*columns, "synced_at"],
+            sa.select(*(stage.c[name] for name in columns), sa.func.now())
+            .where(~sa.exists().where(profiles.c.id == stage.c.id))
+            .order_by(stage.c.id),
         )
         .on_conflict_do_nothing(index_elements=[profiles.c.id])
         .returning(profiles.c.id)
@@ -254,17 +283,17 @@ def apply_memberships(
     result = MembershipApplyCounts()
     result.organizations = apply_organizations(conn, organizations_first)
     result.profile_stubs = insert_profile_stubs(conn, profile_stubs)
+    rows = _newest_per_key(rows, lambda row: (row.organization_id, row.user_id))
     if not rows:
         return result
 
-    _stage(conn, _stage_memberships, rows)
     stage = _stage_memberships
-    incoming = _latest_by(stage, stage.c.organization_id, stage.c.user_id)
+    _stage(conn, stage, rows)
     orphans = conn.execute(
-        sa.select(incoming).where(
+        sa.select(stage).where(
             sa.or_(
-                ~sa.exists().where(organizations.c.id == incoming.c.organization_id),
-                ~sa.exists().where(profiles.c.id == incoming.c.user_id),
+                ~sa.exists().where(organizations.c.id == stage.c.organization_id),
+                ~sa.exists().where(profiles.c.id == stage.c.user_id),
             )
         )
     ).all()
@@ -281,60 +310,36 @@ def apply_memberships(
         for orphan in orphans
     ]
 
-    updated_at = _ms_to_timestamptz(incoming.c.updated_at)
-    live = (
-        sa.select(
-            incoming.c.id,
-            incoming.c.organization_id,
-            incoming.c.user_id,
-            sa.cast(incoming.c.role, ORG_ROLE),
-            incoming.c.clerk_role,
-            _ms_to_timestamptz(incoming.c.created_at),
-            updated_at,
-            sa.func.now(),
-        )
-        .join(organizations, organizations.c.id == incoming.c.organization_id)
-        .join(profiles, profiles.c.id == incoming.c.user_id)
+    updated_at = _ms_to_timestamptz(stage.c.updated_at)
+    values: dict[str, sa.ColumnElement] = {
+        "organization_id": stage.c.organization_id,
+        "user_id": stage.c.user_id,
+        "clerk_membership_id": stage.c.id,
+        "role": sa.cast(stage.c.role, ORG_ROLE),
+        "clerk_role": stage.c.clerk_role,
+        "joined_at": _ms_to_timestamptz(stage.c.created_at),
+        "updated_at": updated_at,
+        "synced_at": sa.func.now(),
+    }
+    alive = (
+        sa.select()
+        .select_from(stage)
+        .join(organizations, organizations.c.id == stage.c.organization_id)
+        .join(profiles, profiles.c.id == stage.c.user_id)
         .where(
             sa.or_(organizations.c.deleted_at.is_(None), organizations.c.deleted_at < updated_at),
             sa.or_(profiles.c.deleted_at.is_(None), profiles.c.deleted_at < updated_at),
             ~sa.exists().where(
-                membership_tombstones.c.organization_id == incoming.c.organization_id,
-                membership_tombstones.c.user_id == incoming.c.user_id,
+                membership_tombstones.c.organization_id == stage.c.organization_id,
+                membership_tombstones.c.user_id == stage.c.user_id,
                 membership_tombstones.c.deleted_at >= updated_at,
             ),
         )
     )
-    statement = pg.insert(organization_members).from_select(
-        [
-            "clerk_membership_id",
-            "organization_id",
-            "user_id",
-            "role",
-            "clerk_role",
-            "joined_at",
-            "updated_at",
-            "synced_at",
-        ],
-        live,
+    compared = ("clerk_membership_id", "role", "clerk_role", "joined_at", "updated_at")
+    counts = _merge(
+        conn, organization_members, ["organization_id", "user_id"], values, alive, compared, len(rows)
     )
-    excluded = statement.excluded
-    target = organization_members
-    statement = statement.on_conflict_do_update(
-        index_elements=[target.c.organization_id, target.c.user_id],
-        set_={
-            name: excluded[name]
-            for name in ("clerk_membership_id", "role", "clerk_role", "joined_at", "updated_at", "synced_at")
-        },
-        where=sa.and_(
-            _newer_or_adopted(target, excluded.updated_at),
-            _differs(
-                target, excluded, ("clerk_membership_id", "role", "clerk_role", "joined_at", "updated_at")
-            ),
-        ),
-    ).returning(_WAS_INSERTED)
-    received = conn.execute(sa.select(sa.func.count()).select_from(incoming)).scalar_one()
-    counts = _count_merge(conn.execute(statement), received)
     counts.unchanged -= len(quarantined)
     counts.quarantined = quarantine(conn, quarantined, source=source)
     conn.execute(
