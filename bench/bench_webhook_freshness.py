@@ -33,8 +33,9 @@ from common import (
     bench_schema,
     machine,
     markdown_table,
+    new_parser,
+    run_benchmark,
     server_url,
-    write_section,
 )
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
@@ -145,14 +146,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = new_parser(__doc__)
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--seed", type=int, default=11)
     add_database_argument(parser)
-    args = parser.parse_args(argv)
+    return run_benchmark(parser, run, argv)
 
+
+def run(args: argparse.Namespace) -> Section:
     os.environ["CLERK_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(os.urandom(24)).decode()
     os.environ.setdefault("CLERK_SECRET_KEY", "sk_test_unused_by_webhooks")
     os.environ.pop("ORGSYNC_WEBHOOK_SENSOR_INTERVAL", None)  # the default, on purpose
@@ -181,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     ratio = percentile(default, 0.95) / percentile(ours, 0.95)
     body = "\n".join(
         [
-            "## Webhook freshness: delivery → row in Postgres",
-            "",
             f"Machine: {machine()}. Daemon at the defaults (sensor every 5 s); {args.events}",
             "`organization.created` events sent by the emulator at random intervals of 0.5 to 6 s; latency",
             "from the receiver's 2xx to the organization's row being visible (polled every 50 ms). Both",
@@ -191,14 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             markdown_table(["Dagster instance", "events", "p50 s", "p95 s", "max s"], rows),
             "",
             f"p95 ratio, Dagster's default ÷ orgsync's: {ratio:.2f}.",
-            "",
-            "Reproduce: `.venv/bin/python bench/bench_webhook_freshness.py --write`.",
         ]
     )
-    print(body)
-    if args.write:
-        write_section(Section("freshness", body))
-    return 0
+    return Section("freshness", body)
 
 
 if __name__ == "__main__":
