@@ -96,8 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("demo", help=demo_command.__doc__).set_defaults(run=demo_command)
 
-    dev = commands.add_parser("dev", help=dev_command.__doc__)
-    dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
+    dev = commands.add_parser(
+        "dev",
+        help=dev_command.__doc__,
+        epilog="Other arguments are passed on to `dagster dev` (e.g. -p 3333).",
+    )
     dev.set_defaults(run=dev_command)
 
     emulator = commands.add_parser("emulator", help=emulator_command.__doc__)
@@ -111,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``orgsync`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.run is dev_command:
+        args.dagster_args = [arg for arg in extra if arg != "--"]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # The demo tells its own story; other commands log what they do.
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING if args.run is demo_command else logging.INFO)
