@@ -1,6 +1,7 @@
 """Webhook events posted, signed, to the receiver over loopback HTTP, then applied by the real
 `clerk_webhook_apply` job: every event type, duplicates, disorder, quarantine and failures."""
 
+import time
 from typing import Any
 
 import dagster as dg
@@ -19,7 +20,9 @@ from orgsync_pipeline.store.schema import (
     sync_quarantine,
     webhook_inbox,
 )
+from orgsync_pipeline.webhooks import create_app, serve_in_thread
 from tests.conftest import Receiver
+from tests.tcp_proxy import proxy_for
 
 
 @pytest.fixture
@@ -376,3 +379,44 @@ def test_only_one_drain_at_a_time(receiver: Receiver, clerk: ClerkEmulator, engi
         holder.execute(sa.select(sa.func.pg_advisory_unlock(sa.literal(0x6F726773796E6301, sa.BigInteger))))
     assert report.skipped_reason
     assert inbox_statuses(engine) == [("organization.created", "pending")]
+
+
+def test_events_sent_while_the_database_is_down_are_all_applied_once_it_is_back(
+    engine: Engine, database_url: str, webhook_secret: str
+) -> None:
+    """The emulator delivers like Svix (retrying on non-2xx, same svix-id); the receiver's database sits
+    behind a proxy that goes down: deliveries get 503, are retried, and once the database is back every
+    change is stored once and applied."""
+    proxy, proxied_url = proxy_for(database_url)
+    settings = load_settings({"DATABASE_URL": proxied_url, "CLERK_WEBHOOK_SECRET": webhook_secret})
+    clerk = ClerkEmulator()
+    try:
+        with serve_in_thread(create_app(settings)) as receiver_url:
+            clerk.add_webhook_endpoint(
+                f"{receiver_url}/webhooks/clerk", webhook_secret, retry_delays=[0.5] * 20
+            )
+            org = clerk.create_organization("Acme")
+            assert clerk.wait_for_deliveries(timeout=10)
+
+            proxy.down()
+            user = clerk.create_user("Ada", "Lovelace", "ada@example.com")
+            clerk.create_membership(org["id"], user["id"], role="org:admin")
+            clerk.update_organization(org["id"], name="Acme Ltd")
+            time.sleep(2)
+            refused = [d for d in clerk.deliveries if d.status_code == 503]
+            proxy.up()
+            assert clerk.wait_for_deliveries(timeout=30)
+    finally:
+        proxy.down()
+        clerk.stop()
+
+    assert refused, "the receiver answered 503 while its database was down"
+    assert not clerk.failed_deliveries
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(webhook_inbox.c.svix_id)).scalars().all()
+    assert len(stored) == len(set(stored)) == 4
+    apply_events()
+    assert org_row(engine, org["id"]).name == "Acme Ltd"
+    assert member_rows(engine)[(org["id"], user["id"])].role == "admin"
+    assert profile_row(engine, user["id"]).email == "ada@example.com"
+    assert {status for _, status in inbox_statuses(engine)} == {"applied"}
