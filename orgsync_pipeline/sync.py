@@ -201,7 +201,7 @@ def collect_listing(pages: Iterable[list[Any]]) -> list[Any]:
 def database_now(engine: Engine) -> datetime:
     """The database's clock, which also stamps ``synced_at``: the listing-start boundary uses it."""
     with engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.now())).scalar_one()
+        return _now(conn)
 
 
 def check_deletion_share(table: str, candidates: int, live: int, max_fraction: float) -> None:
