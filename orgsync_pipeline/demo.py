@@ -51,8 +51,9 @@ def dagster_home(home: Path) -> Path:
 
 
 @contextmanager
-def demo_environment() -> Iterator[ClerkEmulator]:
-    """A seeded emulator, with this process's environment pointed at it and at the demo database."""
+def demo_environment() -> Iterator[tuple[ClerkEmulator, str]]:
+    """A seeded emulator and the demo database's URL, with this process's environment (which the
+    Dagster resources read) pointed at both."""
     settings = load_settings()
     database_url = embedded_database_url(settings.home, database=DEMO_DATABASE)
     with ClerkEmulator(id_seed=DEMO_SEED) as emulator:
@@ -63,12 +64,12 @@ def demo_environment() -> Iterator[ClerkEmulator]:
             DATABASE_URL=database_url,
             DAGSTER_HOME=str(dagster_home(settings.home)),
         )
-        yield emulator
+        yield emulator, database_url
 
 
 def run_demo(out: Print = print) -> int:
     """Run ``clerk_full_sync`` against the emulator, change Clerk, run it again; print what landed."""
-    with demo_environment() as emulator:
+    with demo_environment() as (emulator, database_url):
         import dagster as dg
 
         from orgsync_pipeline.definitions import defs
@@ -83,7 +84,7 @@ def run_demo(out: Print = print) -> int:
             out("The full sync failed; see the run in `orgsync dev`.")
             return 1
         out(f"Full sync (run {result.run_id[:8]}) landed:")
-        _print_tables(out)
+        _print_tables(out, database_url)
 
         org = next(iter(emulator.organizations.values()))
         member = next(m for m in emulator.memberships.values() if m["organization"]["id"] == org["id"])
@@ -101,15 +102,17 @@ def run_demo(out: Print = print) -> int:
                 f"inserted {metadata['rows_inserted']}, updated {metadata['rows_updated']}, "
                 f"deleted {metadata['rows_deleted']}, quarantined {metadata['rows_quarantined']}"
             )
-        _print_tables(out)
+        _print_tables(out, database_url)
 
-        if not _demo_webhook(emulator, defs, instance, quiet, out):
+        if not _demo_webhook(emulator, database_url, defs, instance, quiet, out):
             return 1
     out("\nNext: `orgsync dev` opens the Dagster UI (http://127.0.0.1:3000) with these runs.")
     return 0
 
 
-def _demo_webhook(emulator: ClerkEmulator, defs: Any, instance: Any, run_config: dict, out: Print) -> bool:
+def _demo_webhook(
+    emulator: ClerkEmulator, database_url: str, defs: Any, instance: Any, run_config: dict, out: Print
+) -> bool:
     """A change in Clerk arriving by webhook: signed delivery → receiver → inbox → sensor → apply run."""
     import dagster as dg
 
@@ -134,7 +137,7 @@ def _demo_webhook(emulator: ClerkEmulator, defs: Any, instance: Any, run_config:
         out(f"  the receiver verified and stored {len(emulator.webhook_events)} events in webhook_inbox")
 
     # Under `orgsync dev` the daemon evaluates the sensor every few seconds; here we do it once.
-    resources = {"postgres": PostgresResource(database_url=os.environ["DATABASE_URL"])}
+    resources = {"postgres": PostgresResource(database_url=database_url)}
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
         request = clerk_webhook_sensor(context).run_requests[0]
     result = defs.resolve_job_def("clerk_webhook_apply").execute_in_process(
@@ -149,12 +152,12 @@ def _demo_webhook(emulator: ClerkEmulator, defs: Any, instance: Any, run_config:
         f"  clerk_webhook_sensor launched clerk_webhook_apply (run {result.run_id[:8]}): "
         f"{metadata['events_applied']} events applied, {metadata['lag_seconds_max']:.1f} s after receipt"
     )
-    _print_tables(out)
+    _print_tables(out, database_url)
     return True
 
 
-def _print_tables(out: Print) -> None:
-    engine = engine_for(os.environ["DATABASE_URL"])
+def _print_tables(out: Print, database_url: str) -> None:
+    engine = engine_for(database_url)
     members = (
         sa.select(
             organizations.c.name, organizations.c.slug, sa.func.count(organization_members.c.id).label("n")
@@ -188,7 +191,7 @@ def run_dev(dagster_args: list[str], out: Print = print) -> int:
     if is_set("CLERK_SECRET_KEY"):
         os.environ["DAGSTER_HOME"] = str(dagster_home(load_settings().home))
         return subprocess.call(command)
-    with demo_environment() as emulator:
+    with demo_environment() as (emulator, _):
         out(
             f"CLERK_SECRET_KEY is not set: using the Clerk emulator at {emulator.api_url} "
             "and the demo database."
