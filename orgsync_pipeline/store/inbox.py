@@ -152,10 +152,6 @@ def mark_failed(conn: Connection, event: InboxEvent, error: str, *, max_attempts
     return "dead" if dead else "failed"
 
 
-def count_dead(conn: Connection) -> int:
-    return conn.execute(sa.select(sa.func.count()).where(webhook_inbox.c.status == "dead")).scalar_one()
-
-
 def requeue_dead(conn: Connection) -> int:
     """Give dead events a fresh start (after the cause is fixed); returns how many."""
     return conn.execute(
