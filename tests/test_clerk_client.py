@@ -2,7 +2,11 @@
 
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -17,6 +21,8 @@ from orgsync_pipeline.clerk.client import (
     RetryPolicy,
 )
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
+from orgsync_pipeline.clerk.paging import run_concurrently
+from orgsync_pipeline.clerk.ratelimit import default_rate_limit
 
 MEMBERS_PATH = re.compile(r"^/organizations/[^/]+/memberships$")
 FAST_RETRY = RetryPolicy(
@@ -41,6 +47,10 @@ def client(emulator: ClerkEmulator, sleeps: list[float]) -> Iterator[ClerkClient
         emulator.secret_key, emulator.api_url, timeout=5.0, retry=FAST_RETRY, sleep=sleeps.append
     ) as c:
         yield c
+
+
+def _records(pages: Iterator[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [record for page in pages for record in page]
 
 
 def _requests_to(emulator: ClerkEmulator, path: str) -> list:
@@ -70,14 +80,14 @@ def test_full_last_page_stops_on_total_count(emulator: ClerkEmulator, client: Cl
     for i in range(1000):
         emulator.create_organization(f"Org {i}")
 
-    assert len(client.list_organizations()) == 1000
+    assert len(_records(client.iter_organization_pages())) == 1000
     assert len(_requests_to(emulator, "/organizations")) == 2
 
 
 def test_empty_instance_lists_nothing(client: ClerkClient) -> None:
     assert list(client.iter_organization_pages()) == []
-    assert client.list_users() == []
-    assert client.list_memberships() == []
+    assert _records(client.iter_user_pages()) == []
+    assert _records(client.iter_membership_pages()) == []
 
 
 def test_users_bare_array_paging(emulator: ClerkEmulator, client: ClerkClient) -> None:
@@ -89,7 +99,8 @@ def test_users_bare_array_paging(emulator: ClerkEmulator, client: ClerkClient) -
     assert [len(p) for p in pages] == [500, 1]
     assert [u["id"] for p in pages for u in p] == list(emulator.users)
     listing = _requests_to(emulator, "/users")
-    assert [r.param("offset") for r in listing] == ["0", "500"]
+    # The count sizes the listing, so both pages are requested at once: in either order.
+    assert sorted(r.param("offset") for r in listing) == ["0", "500"]
     assert all(r.param("limit") == "500" and r.param("order_by") == "+created_at" for r in listing)
     assert len(_requests_to(emulator, "/users/count")) == 1
 
@@ -111,7 +122,7 @@ def test_memberships_come_from_the_instance_wide_listing(
 ) -> None:
     emulator.seed_sample(organizations=200, users=400, memberships_per_org=3)
 
-    memberships = client.list_memberships()
+    memberships = _records(client.iter_membership_pages())
 
     assert {m["id"] for m in memberships} == set(emulator.memberships)
     assert len(memberships) == 600
@@ -127,7 +138,7 @@ def test_progress_is_logged(
         emulator.create_organization(f"Org {i}")
 
     with caplog.at_level(logging.INFO, logger="orgsync_pipeline.clerk.client"):
-        client.list_organizations()
+        _records(client.iter_organization_pages())
 
     assert "organizations: page 1/3 (500/1001 records)" in caplog.messages
     assert "organizations: page 3/3 (1001/1001 records)" in caplog.messages
@@ -141,7 +152,7 @@ def test_deletion_mid_crawl_ends_without_looping(emulator: ClerkEmulator, client
             emulator.delete_organization(orgs[0])
 
     emulator.add_request_hook(delete_first_org_after_page_one)
-    ids = [o["id"] for o in client.list_organizations()]
+    ids = [o["id"] for o in _records(client.iter_organization_pages())]
 
     assert len(ids) == len(set(ids))
     assert orgs[0] in ids  # seen on page 1, before it was deleted
@@ -162,11 +173,14 @@ def test_listing_that_keeps_growing_fails_instead_of_looping(
 
     emulator.add_request_hook(grow)
     with pytest.raises(ClerkError, match="did not end"):
-        client.list_organizations()
+        _records(client.iter_organization_pages())
 
-    # The hook runs before each page is served, so the crawl starts at 601 records and gives up past offset
-    # 2 * 601 + 10 * 500: 13 pages, instead of chasing the growth forever.
-    assert len(_requests_to(emulator, "/organizations")) == 13
+    # The hook runs before each page is served, so the crawl starts at 601 records and gives up before
+    # offset 2 * 601 + 10 * 500: at most 13 pages, instead of chasing the growth forever. Pages fetched ahead
+    # can make it notice a little earlier.
+    offsets = [int(r.param("offset")) for r in _requests_to(emulator, "/organizations")]
+    assert len(offsets) == len(set(offsets)) <= 13
+    assert max(offsets) < 2 * 601 + 10 * 500
 
 
 # ---------------------------------------------------------------------- counts and lookups
@@ -218,8 +232,8 @@ def test_list_user_memberships(emulator: ClerkEmulator, client: ClerkClient) -> 
 
 def test_headers_sent_on_every_request(emulator: ClerkEmulator, client: ClerkClient) -> None:
     emulator.seed_sample()
-    client.list_organizations()
-    client.list_users()
+    _records(client.iter_organization_pages())
+    _records(client.iter_user_pages())
     client.get_user("user_missing")
 
     assert emulator.requests
@@ -241,7 +255,7 @@ def test_wrong_key_fails_at_once_without_leaking_it(emulator: ClerkEmulator, sle
     key = "sk_test_wrong_key_d0n0tl3ak"
     with ClerkClient(key, emulator.api_url, retry=FAST_RETRY, sleep=sleeps.append) as client:
         with pytest.raises(ClerkAuthError) as info:
-            client.list_organizations()
+            _records(client.iter_organization_pages())
         assert key not in repr(client)
 
     assert len(emulator.requests) == 1
@@ -256,7 +270,7 @@ def test_other_4xx_fail_at_once(emulator: ClerkEmulator, client: ClerkClient, sl
     emulator.inject_fault("/organizations", 422)
 
     with pytest.raises(ClerkRequestError) as info:
-        client.list_organizations()
+        _records(client.iter_organization_pages())
 
     assert info.value.status == 422
     assert info.value.code == "form_param_value_invalid"
@@ -268,7 +282,7 @@ def test_other_4xx_fail_at_once(emulator: ClerkEmulator, client: ClerkClient, sl
 def test_404_on_a_listing_is_an_error(emulator: ClerkEmulator, client: ClerkClient) -> None:
     emulator.inject_fault("/users", 404)
     with pytest.raises(ClerkRequestError):
-        client.list_users()
+        _records(client.iter_user_pages())
 
 
 # ---------------------------------------------------------------------- retries
@@ -279,8 +293,10 @@ def test_429_honours_retry_after(emulator: ClerkEmulator, client: ClerkClient, s
         emulator.create_organization(f"Org {i}")
     emulator.inject_fault("/organizations", 429, retry_after=7, query={"offset": "500"})
 
-    assert len(client.list_organizations()) == 600
+    assert len(_records(client.iter_organization_pages())) == 600
     assert sleeps == [7.0]
+    assert client.limiter.throttled == 1  # and the process's limiter slowed down
+    assert client.limiter.current_rate() < client.limiter.rate
     assert [r.status for r in _requests_to(emulator, "/organizations")] == [200, 429, 200]
 
 
@@ -311,7 +327,7 @@ def test_5xx_is_retried_then_succeeds(
     emulator.inject_fault("/organizations", 503, times=2, query={"offset": "500"})
 
     with caplog.at_level(logging.WARNING, logger="orgsync_pipeline.clerk.client"):
-        orgs = client.list_organizations()
+        orgs = _records(client.iter_organization_pages())
 
     assert len({o["id"] for o in orgs}) == 700
     assert len(sleeps) == 2
@@ -330,7 +346,7 @@ def test_5xx_forever_raises_and_returns_no_partial_listing(
 
     result = None
     with pytest.raises(ClerkUnavailableError) as info:
-        result = client.list_organizations()
+        result = _records(client.iter_organization_pages())
 
     assert result is None
     assert info.value.attempts == FAST_RETRY.max_attempts
@@ -361,7 +377,7 @@ def test_timeouts_are_retried(emulator: ClerkEmulator, sleeps: list[float]) -> N
     with ClerkClient(
         emulator.secret_key, emulator.api_url, timeout=0.2, retry=FAST_RETRY, sleep=sleeps.append
     ) as c:
-        assert len(c.list_organizations()) == 3
+        assert len(_records(c.iter_organization_pages())) == 3
     assert len(sleeps) == 1
 
 
@@ -383,7 +399,102 @@ def test_connection_refused_raises_unavailable(emulator: ClerkEmulator, sleeps: 
     policy = RetryPolicy(max_attempts=3, base_delay=0.01)
     client = ClerkClient(emulator.secret_key, api_url, timeout=1.0, retry=policy, sleep=sleeps.append)
     with client, pytest.raises(ClerkUnavailableError) as info:
-        client.list_users()
+        _records(client.iter_user_pages())
     assert "ConnectError" in str(info.value)
     assert emulator.secret_key not in str(info.value)
     assert len(sleeps) == 2
+
+
+# ---------------------------------------------------------------------- concurrent paging and the rate limit
+
+
+def _fast_client(emulator: ClerkEmulator, **options: Any) -> ClerkClient:
+    """A client whose limiter never binds (the tests of the limiter set their own), with small pages."""
+    options = {"rate_limit": 100_000, "page_size": 50, "max_in_flight": 8, **options}
+    return ClerkClient(emulator.secret_key, emulator.api_url, timeout=10.0, retry=FAST_RETRY, **options)
+
+
+def test_concurrent_listings_return_every_record_once_in_order(emulator: ClerkEmulator) -> None:
+    emulator.seed_sample(organizations=2000, users=3000, memberships_per_org=3)
+    in_flight, most_in_flight, lock = [0], [0], threading.Lock()
+
+    def count_in_flight(method: str, path: str, query: dict[str, str]) -> None:
+        with lock:
+            in_flight[0] += 1
+            most_in_flight[0] = max(most_in_flight[0], in_flight[0])
+        time.sleep(0.01)  # long enough for the pages fetched ahead to overlap
+        with lock:
+            in_flight[0] -= 1
+
+    emulator.add_request_hook(count_in_flight)
+    with _fast_client(emulator) as client:
+        orgs = _records(client.iter_organization_pages())
+        users = _records(client.iter_user_pages())
+        memberships = _records(client.iter_membership_pages())
+
+    assert [o["id"] for o in orgs] == list(emulator.organizations)  # each once, oldest first
+    assert [u["id"] for u in users] == list(emulator.users)
+    assert [m["id"] for m in memberships] == list(emulator.memberships)
+    assert len(memberships) == 6000
+    for path, pages in (("/organizations", 40), ("/users", 61), ("/organization_memberships", 120)):
+        offsets = sorted(int(r.param("offset")) for r in _requests_to(emulator, path))
+        assert offsets == [50 * page for page in range(pages)], path  # every page once, none skipped
+    assert most_in_flight[0] > 1
+
+
+def test_pages_fetched_ahead_are_bounded(emulator: ClerkEmulator) -> None:
+    """Memory holds at most ``max_in_flight`` pages fetched ahead, however long the listing."""
+    for i in range(500):
+        emulator.create_organization(f"Org {i}")
+
+    with _fast_client(emulator, page_size=10, max_in_flight=4) as client:
+        pages = client.iter_organization_pages()
+        assert [o["name"] for o in next(pages)] == [f"Org {i}" for i in range(10)]
+        assert len(next(pages)) == 10
+        time.sleep(0.3)  # let anything the paginator wrongly queued reach the emulator
+        assert len(_requests_to(emulator, "/organizations")) <= 1 + 4
+        assert sum(len(page) for page in pages) == 480
+
+
+def test_one_limiter_keeps_every_request_under_the_rate_limit() -> None:
+    """Listings and point lookups from two clients share one limiter: set at the emulator's rate (20
+    requests per 1 s window here, to keep the test short), not one request is refused. A client allowed
+    far more meets 429s, waits out Retry-After, still gets everything, and slows its limiter."""
+    with ClerkEmulator(rate_limit=20, rate_window_seconds=1.0) as emulator:
+        emulator.seed_sample(organizations=300, users=40, memberships_per_org=2)
+        user_ids = list(emulator.users)
+        options: dict[str, Any] = {"rate_limit": 20, "rate_window_seconds": 1.0, "page_size": 10}
+        with _fast_client(emulator, **options) as lister, _fast_client(emulator, **options) as looker:
+            assert lister.limiter is looker.limiter
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                listing = pool.submit(lambda: _records(lister.iter_organization_pages()))
+                found = run_concurrently(looker.get_user, user_ids)
+                orgs = listing.result()
+        assert len(orgs) == 300 and all(found)
+        assert len(emulator.requests) == 30 + 40
+        assert [r for r in emulator.requests if r.status != 200] == []
+
+        retry = RetryPolicy(max_attempts=8, base_delay=0.05, max_retry_after=2.0)
+        with ClerkClient(
+            emulator.secret_key, emulator.api_url, retry=retry, rate_limit=1000, rate_window_seconds=1.0,
+            page_size=10,
+        ) as greedy:  # fmt: skip
+            assert len(_records(greedy.iter_organization_pages())) == 300
+            assert greedy.limiter.throttled > 0
+            assert greedy.limiter.current_rate() < greedy.limiter.rate
+        assert any(r.status == 429 for r in emulator.requests)
+
+
+def test_default_rate_limit_comes_from_the_key(emulator: ClerkEmulator) -> None:
+    url = emulator.api_url
+    with (
+        ClerkClient("sk_live_abc", url) as live,
+        ClerkClient("sk_test_abc", url) as test,
+        ClerkClient("sk_live_abc", url, rate_limit=200) as configured,
+        ClerkClient("sk_live_abc", url) as other_live,
+    ):
+        assert (live.limiter.limit, test.limiter.limit, configured.limiter.limit) == (1000, 100, 200)
+        assert other_live.limiter is live.limiter  # one per instance and process
+        assert test.limiter is not live.limiter
+    assert default_rate_limit("sk_live_x") == 1000
+    assert default_rate_limit("sk_test_x") == default_rate_limit("unknown") == 100

@@ -1,16 +1,20 @@
-"""Clerk Backend API client: complete listings (offset paging, limit 500), point lookups, retries.
+"""Clerk Backend API client: complete listings (offset paging, limit 500), point lookups, retries, and the
+process-wide rate limit.
 
 Listings are generators of pages that either cover the whole listing or raise; a failed page is never
-skipped. 429 answers honour ``Retry-After``; 5xx answers and transport errors (refused connections, timeouts)
+skipped. Once a listing's size is known, its remaining pages are fetched concurrently (``paging``), in order,
+with a bounded number in flight. Every request first takes a slot from the process's limiter for the instance
+(``ratelimit``): by default 1,000 requests per 10 s for ``sk_live_`` keys and 100 for others. 429 answers
+honour ``Retry-After`` and slow that limiter; 5xx answers and transport errors (refused connections, timeouts)
 are retried with exponential backoff and full jitter until the retry budget is spent. The secret key goes
 into the ``Authorization`` header only: never into logs, exceptions or reprs.
 """
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -18,54 +22,38 @@ from urllib.parse import quote
 
 import httpx
 
+from orgsync_pipeline.clerk.errors import (
+    ClerkAuthError,
+    ClerkError,
+    ClerkRequestError,
+    ClerkUnavailableError,
+)
+from orgsync_pipeline.clerk.paging import DEFAULT_MAX_IN_FLIGHT, Listing, OffsetPaginator, Page
+from orgsync_pipeline.clerk.ratelimit import (
+    RATE_WINDOW_SECONDS,
+    RateLimiter,
+    default_rate_limit,
+    shared_limiter,
+)
+
+__all__ = [
+    "CLERK_API_VERSION",
+    "DEFAULT_API_URL",
+    "PAGE_SIZE",
+    "ClerkAuthError",
+    "ClerkClient",
+    "ClerkError",
+    "ClerkRequestError",
+    "ClerkUnavailableError",
+    "RetryPolicy",
+]
+
 DEFAULT_API_URL = "https://api.clerk.com/v1"
 CLERK_API_VERSION = "2025-11-10"
-PAGE_SIZE = 500
+PAGE_SIZE = 500  # Clerk's maximum ``limit``
 USER_AGENT = "orgsync/0.1"
 
 Json = dict[str, Any]
-
-
-class ClerkError(Exception):
-    """Base class for every error raised by the Clerk client."""
-
-
-class ClerkAuthError(ClerkError):
-    """Clerk refused the secret key (HTTP 401/403)."""
-
-    def __init__(self, message: str, *, status: int, code: str | None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
-class ClerkRequestError(ClerkError):
-    """Clerk rejected the request (a 4xx other than 401/403/429, or a malformed answer)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int,
-        code: str | None = None,
-        long_message: str | None = None,
-        trace_id: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.long_message = long_message
-        self.trace_id = trace_id
-
-
-class ClerkUnavailableError(ClerkError):
-    """Clerk kept failing (5xx, 429, connection errors, timeouts) until the retry budget was spent."""
-
-    def __init__(self, message: str, *, attempts: int, elapsed: float, last_cause: str) -> None:
-        super().__init__(message)
-        self.attempts = attempts
-        self.elapsed = elapsed
-        self.last_cause = last_cause
 
 
 @dataclass(frozen=True)
@@ -98,6 +86,7 @@ class _Failure:
 
     cause: str
     retry_after: float | None = None
+    throttled: bool = False  # a 429
 
 
 class ClerkClient:
@@ -112,17 +101,32 @@ class ClerkClient:
         retry: RetryPolicy = RetryPolicy(),
         logger: logging.Logger | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rate_limit: int | None = None,
+        page_size: int = PAGE_SIZE,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        rate_window_seconds: float = RATE_WINDOW_SECONDS,
     ) -> None:
+        """``rate_limit``: requests per 10 s for the whole process (None: Clerk's limit for the key's kind of
+        instance); ``max_in_flight``: pages fetched ahead per listing (1: one page after another);
+        ``page_size``: records per page (Clerk's maximum, 500, unless a test needs many small pages);
+        ``rate_window_seconds``: the window ``rate_limit`` counts over (Clerk's is 10 s; tests shorten it)."""
         if not secret_key:
             raise ValueError("a Clerk secret key is required")
+        if not 1 <= page_size <= PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {PAGE_SIZE}, got {page_size}")
         self.api_url = api_url.rstrip("/")
         self.retry = retry
+        self.page_size = page_size
+        self.max_in_flight = max(1, max_in_flight)
+        limit = rate_limit if rate_limit is not None else default_rate_limit(secret_key)
+        self.limiter: RateLimiter = shared_limiter(self.api_url, secret_key, limit, rate_window_seconds)
         self._log = logger or logging.getLogger(__name__)
         self._sleep = sleep
         self._secret_key = secret_key
         self._http = httpx.Client(
             base_url=self.api_url + "/",
             timeout=timeout,
+            limits=httpx.Limits(max_connections=self.max_in_flight + 8),
             headers={
                 "Authorization": f"Bearer {secret_key}",
                 "Clerk-API-Version": CLERK_API_VERSION,
@@ -130,12 +134,14 @@ class ClerkClient:
                 "Accept": "application/json",
             },
         )
+        self._pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="clerk-page")
 
     def __repr__(self) -> str:
         return f"ClerkClient(api_url={self.api_url!r})"
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Stop fetching ahead and close the connection pool."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self._http.close()
 
     def __enter__(self) -> "ClerkClient":
@@ -148,46 +154,24 @@ class ClerkClient:
 
     def iter_organization_pages(self) -> Iterator[list[Json]]:
         """All organizations, oldest first, one page (≤500) at a time; raises if any page fails."""
-        return self._iter_enveloped_pages("organizations", "organizations", {"order_by": "+created_at"})
+        return self._pages(Listing("organizations", "organizations", {"order_by": "+created_at"}))
 
     def iter_membership_pages(self) -> Iterator[list[Json]]:
         """All memberships of the instance (``GET /organization_memberships``, never per organization),
         oldest first; raises if any page fails."""
-        return self._iter_enveloped_pages(
-            "memberships", "organization_memberships", {"order_by": "+created_at"}
-        )
+        return self._pages(Listing("memberships", "organization_memberships", {"order_by": "+created_at"}))
+
+    def iter_organization_membership_pages(self, org_id: str) -> Iterator[list[Json]]:
+        """All memberships of one organization (``GET /organizations/{id}/memberships``), oldest first;
+        raises if any page fails (``ClerkRequestError`` with status 404 once the organization is gone)."""
+        path = f"organizations/{_segment(org_id)}/memberships"
+        return self._pages(Listing("memberships", path, {"order_by": "+created_at"}))
 
     def iter_user_pages(self) -> Iterator[list[Json]]:
-        """All users, oldest first; ``GET /users`` answers a bare array, so paging stops on a short page and
-        ``/users/count`` only feeds the progress log. Raises if any page fails."""
-        total = self.count_users()
-        offset = 0
-        pages = 0
-        records = 0
-        while True:
-            page = self._get("users", {"limit": PAGE_SIZE, "offset": offset, "order_by": "+created_at"})
-            if not isinstance(page, list):
-                raise self._malformed("users", "a JSON array")
-            pages += 1
-            records += len(page)
-            self._log_progress("users", pages, max(total, records), records)
-            if page:
-                yield page
-            if len(page) < PAGE_SIZE or self._runaway("users", offset + PAGE_SIZE, total):
-                return
-            offset += PAGE_SIZE
-
-    def list_organizations(self) -> list[Json]:
-        """All organizations (see ``iter_organization_pages``)."""
-        return [org for page in self.iter_organization_pages() for org in page]
-
-    def list_memberships(self) -> list[Json]:
-        """All memberships (see ``iter_membership_pages``)."""
-        return [mem for page in self.iter_membership_pages() for mem in page]
-
-    def list_users(self) -> list[Json]:
-        """All users (see ``iter_user_pages``)."""
-        return [user for page in self.iter_user_pages() for user in page]
+        """All users, oldest first. ``GET /users`` answers a bare array, so ``GET /users/count`` sizes the
+        listing (when the first page is requested); paging still goes on while pages come back full."""
+        listing = Listing("users", "users", {"order_by": "+created_at"}, enveloped=False)
+        yield from self._paginator(listing, count=self.count_users()).pages()
 
     # ------------------------------------------------------------------ counts and point lookups
 
@@ -218,55 +202,38 @@ class ClerkClient:
     def list_user_memberships(self, user_id: str) -> list[Json] | None:
         """All memberships of one user (every page); None when the user is 404."""
         path = f"users/{_segment(user_id)}/organization_memberships"
-        memberships: list[Json] = []
-        offset = 0
-        while True:
-            body = self._get(path, {"limit": PAGE_SIZE, "offset": offset}, allow_404=True)
-            if body is None:
-                return None
-            data, total = self._envelope(path, body)
-            memberships.extend(data)
-            offset += PAGE_SIZE
-            if len(data) < PAGE_SIZE or offset >= total:
-                return memberships
+        paginator = self._paginator(Listing("memberships", path, missing_ok=True, log_progress=False))
+        memberships = [membership for page in paginator.pages() for membership in page]
+        return None if paginator.missing else memberships
 
     # ------------------------------------------------------------------ paging
 
-    def _iter_enveloped_pages(self, entity: str, path: str, params: dict[str, str]) -> Iterator[list[Json]]:
-        offset = 0
-        pages = 0
-        records = 0
-        first_total: int | None = None
-        while True:
-            body = self._get(path, {**params, "limit": PAGE_SIZE, "offset": offset})
-            data, total = self._envelope(path, body)
-            if first_total is None:
-                first_total = total
-            pages += 1
-            records += len(data)
-            self._log_progress(entity, pages, max(total, records), records)
-            if data:
-                yield data
-            offset += PAGE_SIZE
-            # Stop on the latest total: records created mid-crawl are picked up if they fit, deletions that
-            # shrink the listing end it early. Callers dedupe by id.
-            if len(data) < PAGE_SIZE or offset >= total or self._runaway(entity, offset, first_total):
-                return
+    def _pages(self, listing: Listing) -> Iterator[list[Json]]:
+        # A generator, so that nothing is requested before the caller asks for the first page.
+        yield from self._paginator(listing).pages()
 
-    def _runaway(self, entity: str, offset: int, first_total: int) -> bool:
-        """Raise once a crawl has gone far past the size it started with (a listing that keeps growing, or
-        a count that was wrong): such a listing is not known to be complete, so it must not be used as one."""
-        limit = 2 * first_total + 10 * PAGE_SIZE
-        if offset < limit:
-            return False
-        raise ClerkError(
-            f"{entity}: the listing did not end (it started at {first_total} records and is past offset "
-            f"{offset}); refusing to treat it as complete"
+    def _paginator(self, listing: Listing, *, count: int | None = None) -> OffsetPaginator:
+        return OffsetPaginator(
+            listing,
+            self._fetch_page,
+            page_size=self.page_size,
+            executor=self._pool,
+            max_in_flight=self.max_in_flight,
+            count=count,
+            log=self._log,
         )
 
-    def _log_progress(self, entity: str, page: int, total: int, records: int) -> None:
-        pages = max(page, math.ceil(total / PAGE_SIZE))
-        self._log.info("%s: page %d/%d (%d/%d records)", entity, page, pages, records, total)
+    def _fetch_page(self, listing: Listing, offset: int, limit: int) -> Page | None:
+        params = {**listing.params, "limit": limit, "offset": offset}
+        body = self._get(listing.path, params, allow_404=listing.missing_ok)
+        if body is None:
+            return None
+        if listing.enveloped:
+            data, total = self._envelope(listing.path, body)
+            return Page(data, total)
+        if not isinstance(body, list):
+            raise self._malformed(listing.path, "a JSON array")
+        return Page(body, None)
 
     def _total_count(self, path: str) -> int:
         _, total = self._envelope(path, self._get(path, {"limit": 1, "offset": 0}))
@@ -290,10 +257,13 @@ class ClerkClient:
         policy = self.retry
         started = time.monotonic()
         slept = 0.0  # requested sleep time, so max_elapsed holds even with an injected no-op sleep
-        sleep_wall = 0.0  # wall time actually spent in sleep()
+        sleep_wall = 0.0  # wall time actually spent in sleep() or queued for the rate limit
         attempt = 0
+        throttled = False
         while True:
             attempt += 1
+            # Waiting for the limiter is queueing, not Clerk failing: it does not spend the retry budget.
+            sleep_wall += self.limiter.acquire(after_retry_wait=throttled)
             outcome = self._attempt(path, params, allow_404)
             if isinstance(outcome, _Success):
                 return outcome.value
@@ -315,6 +285,9 @@ class ClerkClient:
                 "Clerk GET /%s failed (%s); attempt %d/%d, retrying in %.2fs",
                 path, failure.cause, attempt, policy.max_attempts, delay,
             )  # fmt: skip
+            throttled = failure.throttled
+            if throttled:
+                self.limiter.penalize(delay)  # hold and slow every other request of the process too
             before = time.monotonic()
             self._sleep(delay)
             sleep_wall += time.monotonic() - before
@@ -342,7 +315,7 @@ class ClerkClient:
                 code=code,
             )
         if status == 429:
-            return _Failure(f"HTTP 429 {code or ''}".strip(), _retry_after(response))
+            return _Failure(f"HTTP 429 {code or ''}".strip(), _retry_after(response), throttled=True)
         if status >= 500:
             return _Failure(f"HTTP {status} {code or ''}".strip())
         raise ClerkRequestError(

@@ -35,6 +35,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 
+from orgsync_pipeline.clerk.emulator_tokens import DEFAULT_AUTHORIZED_PARTY, SessionTokenMinter
+
 DEFAULT_SECRET_KEY = "sk_test_orgsync_emulator"
 
 API_PREFIX = "/v1"
@@ -281,11 +283,14 @@ class ClerkEmulator:
         rate_limit: int | None = None,
         rate_window_seconds: float = 10.0,
         id_seed: int | None = None,
+        latency_seconds: float = 0.0,
     ) -> None:
         """``rate_limit``: allow at most that many requests per ``rate_window_seconds`` (then 429 with
         ``Retry-After``); None disables the limiter. ``id_seed`` makes generated ids reproducible (the same
-        sequence of creations yields the same ids); None draws them at random."""
+        sequence of creations yields the same ids); None draws them at random. ``latency_seconds``: every
+        answer waits that long first, like a remote API (benchmarks)."""
         self.secret_key = secret_key
+        self.latency_seconds = latency_seconds
         self.rate_limit = rate_limit
         self.rate_window_seconds = rate_window_seconds
         self.requests: list[RequestRecord] = []
@@ -294,6 +299,7 @@ class ClerkEmulator:
         self._clock_ms = 0
         self._rng = random.Random(id_seed)
         self.instance_id = self._new_id("ins")
+        self.tokens = SessionTokenMinter()  # session tokens and the JWKS that verifies them
         self._orgs = _Table()
         self._users = _Table()
         self._memberships = _Table()
@@ -877,6 +883,31 @@ class ClerkEmulator:
         with self._lock:
             self._hooks.append(hook)
 
+    def session_token(
+        self,
+        user_id: str,
+        org_id: str | None = None,
+        *,
+        version: int = 2,
+        azp: str | None = DEFAULT_AUTHORIZED_PARTY,
+        expires_in: int = 60,
+        issued_at: int | None = None,
+        kid: str | None = None,
+    ) -> str:
+        """A Clerk session token (RS256, verifiable with ``GET /v1/jwks``) for ``user_id`` with ``org_id`` as
+        the active organization, in claim shape ``version`` 2 (``o.id``) or 1 (``org_id``). The org's slug and
+        the user's role come from the emulator's state when it has them."""
+        org = None
+        if org_id is not None:
+            with self._lock:
+                found = self._orgs.rows.get(org_id)
+                mem_id = self._pairs.get((org_id, user_id))
+                role = self._memberships.rows[mem_id]["role"] if mem_id else "org:member"
+            org = {"id": org_id, "slug": found.get("slug") if found else None, "role": role}
+        return self.tokens.mint(
+            user_id, org=org, version=version, azp=azp, expires_in=expires_in, issued_at=issued_at, kid=kid
+        )
+
     def event_envelope(self, event_type: str, data: Json, *, timestamp_ms: int | None = None) -> Json:
         """Wrap ``data`` in Clerk's webhook event envelope; ``timestamp`` in ms (default: emulator clock)."""
         return {
@@ -1086,6 +1117,8 @@ class ClerkEmulator:
         handler: _Handler,
     ) -> bytes:
         """The serialised 200 body, or an _ApiError for every Clerk error answer."""
+        if self.latency_seconds > 0:  # outside _lock: concurrent requests wait in parallel, as over a network
+            self._stopping.wait(self.latency_seconds)
         self._authenticate(handler.headers.get("Authorization"))
         self._check_api_version(handler.headers.get("Clerk-API-Version"), query)
         self._check_rate_limit()
@@ -1136,6 +1169,8 @@ class ClerkEmulator:
                 if user is None:
                     raise _not_found("Given user not found.")
                 return user
+            case ["jwks"]:
+                return self.tokens.jwks()
             case ["users", user_id, "organization_memberships"]:
                 if user_id not in self._users.rows:
                     raise _not_found("Given user not found.")
