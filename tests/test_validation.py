@@ -386,6 +386,8 @@ def test_duplicate_membership_key_reason_names_the_values() -> None:
 
     result = validate_memberships(records, DEFAULT_ROLE_MAP)
 
+    assert result.rows == []
+    assert sorted(q.clerk_id or "" for q in result.quarantined) == ["orgmem_one1", "orgmem_two1"]
     for record in result.quarantined:
         assert "org_team1" in record.reason
         assert "user_same1" in record.reason
