@@ -10,6 +10,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,9 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from orgsync_pipeline.clerk.client import ClerkClient
+from orgsync_pipeline.clerk.paging import run_concurrently
 from orgsync_pipeline.rows import MembershipKey
 from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import apply
+from orgsync_pipeline.store.retry import run_in_transaction
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles
 from orgsync_pipeline.validation import (
     Validated,
@@ -33,6 +36,12 @@ from orgsync_pipeline.validation import (
 )
 
 SOURCE = "full_sync"
+# Advisory lock (class, schema hash): one full sync at a time per orgsync schema. The class is any
+# constant, the same for every orgsync process using the database.
+FULL_SYNC_LOCK_CLASS = 0x6F726753
+# A second full sync waits this long for the first to finish a table, then skips it.
+FULL_SYNC_LOCK_WAIT_SECONDS = 60.0
+SKIPPED = "another clerk_full_sync is running"
 
 Log = logging.Logger | logging.LoggerAdapter
 
@@ -54,8 +63,12 @@ class SyncReport:
     quarantined: int = 0
     duration_seconds: float = 0.0
     details: dict[str, int] = field(default_factory=dict)
+    # Why this sync did nothing (another full sync held the lock), or None.
+    skipped: str | None = None
 
-    def metadata(self) -> dict[str, int | float]:
+    def metadata(self) -> dict[str, int | float | str]:
+        if self.skipped:
+            return {"skipped": self.skipped}
         return {
             "rows_fetched": self.fetched,
             "rows_inserted": self.inserted,
@@ -68,12 +81,47 @@ class SyncReport:
         }
 
 
-def sync_organizations(engine: Engine, clerk: ClerkClient, settings: Settings, log: Log) -> SyncReport:
+@contextmanager
+def full_sync_lock(engine: Engine, table: str, *, wait_seconds: float, log: Log) -> Iterator[bool]:
+    """Hold the full sync's session-level advisory lock for the block, so two full syncs never
+    sync a table at once; yields False when another one kept it for ``wait_seconds`` (the caller
+    skips). The lock lives on a connection of its own: released on unlock, or by the server when
+    this process dies."""
+    deadline = time.monotonic() + wait_seconds
+    with engine.connect() as conn:
+        while not conn.execute(sa.select(sa.func.pg_try_advisory_lock(*_full_sync_lock_key()))).scalar_one():
+            conn.commit()
+            if time.monotonic() >= deadline:
+                log.warning("%s; skipped the %s sync after waiting %.0f s", SKIPPED, table, wait_seconds)
+                yield False
+                return
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        conn.commit()
+        try:
+            yield True
+        finally:
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(*_full_sync_lock_key())))
+            conn.commit()
+
+
+def _full_sync_lock_key() -> tuple[sa.ColumnElement[int], ...]:
+    return (sa.cast(sa.literal(FULL_SYNC_LOCK_CLASS), sa.Integer), sa.func.hashtext(sa.func.current_schema()))
+
+
+def sync_organizations(
+    engine: Engine,
+    clerk: ClerkClient,
+    settings: Settings,
+    log: Log,
+    *,
+    lock_wait_seconds: float = FULL_SYNC_LOCK_WAIT_SECONDS,
+) -> SyncReport:
     """Make ``organizations`` match Clerk's complete organization listing."""
     return _sync_soft_deleted_table(
         engine,
         settings,
         log,
+        lock_wait_seconds=lock_wait_seconds,
         table=organizations,
         entity="organization",
         pages=clerk.iter_organization_pages(),
@@ -84,12 +132,20 @@ def sync_organizations(engine: Engine, clerk: ClerkClient, settings: Settings, l
     )
 
 
-def sync_profiles(engine: Engine, clerk: ClerkClient, settings: Settings, log: Log) -> SyncReport:
+def sync_profiles(
+    engine: Engine,
+    clerk: ClerkClient,
+    settings: Settings,
+    log: Log,
+    *,
+    lock_wait_seconds: float = FULL_SYNC_LOCK_WAIT_SECONDS,
+) -> SyncReport:
     """Make ``profiles`` match Clerk's complete user listing."""
     return _sync_soft_deleted_table(
         engine,
         settings,
         log,
+        lock_wait_seconds=lock_wait_seconds,
         table=profiles,
         entity="profile",
         pages=clerk.iter_user_pages(),
@@ -101,6 +157,21 @@ def sync_profiles(engine: Engine, clerk: ClerkClient, settings: Settings, log: L
 
 
 def _sync_soft_deleted_table(
+    engine: Engine,
+    settings: Settings,
+    log: Log,
+    *,
+    lock_wait_seconds: float,
+    table: sa.Table,
+    **steps: Any,
+) -> SyncReport:
+    with full_sync_lock(engine, table.name, wait_seconds=lock_wait_seconds, log=log) as held:
+        if not held:
+            return SyncReport(table.name, skipped=SKIPPED)
+        return _sync_listed_table(engine, settings, log, table=table, **steps)
+
+
+def _sync_listed_table(
     engine: Engine,
     settings: Settings,
     log: Log,
@@ -117,10 +188,14 @@ def _sync_soft_deleted_table(
     listing_started_at = database_now(engine)  # before the first page: ``pages`` is lazy
     records = collect_listing(pages)
     validated = validate(records)
-    with engine.begin() as conn:
+
+    def write_listing(conn: Connection) -> apply.ApplyCounts:
         counts = write(conn, validated.rows)
         apply.quarantine(conn, validated.quarantined, source=SOURCE)
         apply.prune_quarantine(conn, entity, not_seen_since=listing_started_at)
+        return counts
+
+    counts = run_in_transaction(engine, write_listing, what=f"{table.name} full sync")
     deleted = reconcile_soft_deletes(
         engine,
         table,
@@ -143,13 +218,27 @@ def _sync_soft_deleted_table(
     )
 
 
-def sync_memberships(engine: Engine, clerk: ClerkClient, settings: Settings, log: Log) -> SyncReport:
+def sync_memberships(
+    engine: Engine,
+    clerk: ClerkClient,
+    settings: Settings,
+    log: Log,
+    *,
+    lock_wait_seconds: float = FULL_SYNC_LOCK_WAIT_SECONDS,
+) -> SyncReport:
     """Make ``organization_members`` match Clerk's instance-wide membership listing."""
+    table = organization_members.name
+    with full_sync_lock(engine, table, wait_seconds=lock_wait_seconds, log=log) as held:
+        return _sync_memberships(engine, clerk, settings, log) if held else SyncReport(table, skipped=SKIPPED)
+
+
+def _sync_memberships(engine: Engine, clerk: ClerkClient, settings: Settings, log: Log) -> SyncReport:
     started = time.monotonic()
     listing_started_at = database_now(engine)
     records = collect_listing(clerk.iter_membership_pages())
     validated = validate_memberships(records, settings.role_map)
-    with engine.begin() as conn:
+
+    def write_listing(conn: Connection) -> apply.MembershipApplyCounts:
         counts = apply.apply_memberships(
             conn,
             validated.rows,
@@ -159,6 +248,9 @@ def sync_memberships(engine: Engine, clerk: ClerkClient, settings: Settings, log
         )
         apply.quarantine(conn, validated.quarantined, source=SOURCE)
         apply.prune_quarantine(conn, "membership", not_seen_since=listing_started_at)
+        return counts
+
+    counts = run_in_transaction(engine, write_listing, what="organization_members full sync")
     deleted = reconcile_memberships(
         engine,
         clerk,
@@ -240,15 +332,19 @@ def reconcile_soft_deletes(
             if row_id not in seen_ids
         ]
     check_deletion_share(table.name, len(unseen), live, max_fraction)
-    confirmed = [row_id for row_id in unseen if not still_exists(row_id)]
+    exists = run_concurrently(still_exists, unseen)  # as fast as the process's Clerk rate limit allows
+    confirmed = [row_id for row_id, kept in zip(unseen, exists, strict=True) if not kept]
     if len(confirmed) < len(unseen):
         log.info(
             "%s: %d rows missing from the listing still exist in Clerk; kept",
             table.name,
             len(unseen) - len(confirmed),
         )
-    with engine.begin() as conn:
-        deleted = delete(conn, confirmed, as_of=_now(conn), written_before=listing_started_at)
+    deleted = run_in_transaction(
+        engine,
+        lambda conn: delete(conn, confirmed, as_of=_now(conn), written_before=listing_started_at),
+        what=f"{table.name} deletions",
+    )
     if deleted:
         log.info("%s: soft-deleted %d rows that Clerk no longer has", table.name, len(deleted))
     return len(deleted)
@@ -283,10 +379,13 @@ def reconcile_memberships(
             "organization_members: %d rows missing from the listing still exist in Clerk; kept",
             len(unseen) - len(confirmed),
         )
-    with engine.begin() as conn:
-        deleted = apply.delete_memberships(
+    deleted = run_in_transaction(
+        engine,
+        lambda conn: apply.delete_memberships(
             conn, confirmed, as_of=_now(conn), written_before=listing_started_at
-        )
+        ),
+        what="organization_members deletions",
+    )
     if deleted:
         log.info("organization_members: deleted %d memberships that Clerk no longer has", deleted)
     return deleted
@@ -298,8 +397,8 @@ def _confirm_memberships_gone(clerk: ClerkClient, keys: Sequence[MembershipKey])
     for key in keys:
         by_user[key.user_id].append(key)
     gone: list[MembershipKey] = []
-    for user_id, user_keys in by_user.items():
-        memberships = clerk.list_user_memberships(user_id)
+    lookups = run_concurrently(clerk.list_user_memberships, list(by_user))
+    for user_keys, memberships in zip(by_user.values(), lookups, strict=True):
         current_orgs = {m.get("organization", {}).get("id") for m in memberships or ()}
         gone.extend(key for key in user_keys if key.organization_id not in current_orgs)
     return gone

@@ -12,6 +12,8 @@ owns. The rules they enforce:
   written before it; a membership whose parent still does not exist is quarantined.
 - **Bulk and quiet**: rows are staged with ``COPY`` and merged with one statement per table that
   only touches rows whose content changed.
+- **No deadlocks between writers**: rows are locked in one order (sorted keys, parents before
+  children; see :mod:`orgsync_pipeline.store.locking`).
 """
 
 import json
@@ -26,6 +28,12 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
 from orgsync_pipeline.rows import MembershipKey, MembershipRow, OrganizationRow, ProfileRow, QuarantinedRecord
+from orgsync_pipeline.store.locking import (
+    delete_memberships_where,
+    delete_quarantined_where,
+    in_write_turn,
+    lock_in_order,
+)
 from orgsync_pipeline.store.schema import (
     ORG_ROLE,
     membership_tombstones,
@@ -34,6 +42,7 @@ from orgsync_pipeline.store.schema import (
     profiles,
     sync_quarantine,
 )
+from orgsync_pipeline.validation import storable_id, storable_json, storable_text
 
 RowT = TypeVar("RowT", OrganizationRow, ProfileRow, MembershipRow)
 
@@ -209,26 +218,30 @@ def _merge_entity(
 
 def _release_quarantine(conn: Connection, entity: str, stage: sa.Table) -> None:
     """A record that validates now leaves the quarantine."""
-    conn.execute(
-        sa.delete(sync_quarantine).where(
-            sync_quarantine.c.entity == entity,
-            sync_quarantine.c.clerk_id.in_(sa.select(stage.c.id)),
-        )
+    delete_quarantined_where(
+        conn, sync_quarantine.c.entity == entity, sync_quarantine.c.clerk_id.in_(sa.select(stage.c.id))
     )
 
 
-def apply_organizations(conn: Connection, rows: Sequence[OrganizationRow]) -> ApplyCounts:
-    """Upsert validated organizations: inserts new ones, updates changed ones that are newer."""
+def _merge_organizations(conn: Connection, rows: Sequence[OrganizationRow]) -> ApplyCounts:
     rows = _newest_per_key(rows, lambda row: row.id)
     if not rows:
         return ApplyCounts()
     _stage(conn, _stage_organizations, rows)
     content = ("name", "slug", "image_url", "public_metadata")
-    counts = _merge_entity(conn, organizations, _stage_organizations, content, len(rows))
-    _release_quarantine(conn, "organization", _stage_organizations)
+    return _merge_entity(conn, organizations, _stage_organizations, content, len(rows))
+
+
+@in_write_turn
+def apply_organizations(conn: Connection, rows: Sequence[OrganizationRow]) -> ApplyCounts:
+    """Upsert validated organizations: inserts new ones, updates changed ones that are newer."""
+    counts = _merge_organizations(conn, rows)
+    if counts.received:
+        _release_quarantine(conn, "organization", _stage_organizations)
     return counts
 
 
+@in_write_turn
 def apply_profiles(conn: Connection, rows: Sequence[ProfileRow]) -> ApplyCounts:
     """Upsert validated profiles (Clerk users): inserts new ones, updates changed ones that are newer."""
     rows = _newest_per_key(rows, lambda row: row.id)
@@ -241,6 +254,7 @@ def apply_profiles(conn: Connection, rows: Sequence[ProfileRow]) -> ApplyCounts:
     return counts
 
 
+@in_write_turn
 def insert_profile_stubs(conn: Connection, stubs: Sequence[ProfileRow]) -> int:
     """Create profiles that do not exist yet from a membership's ``public_user_data``.
 
@@ -267,6 +281,7 @@ def insert_profile_stubs(conn: Connection, stubs: Sequence[ProfileRow]) -> int:
     return len(conn.execute(statement).all())
 
 
+@in_write_turn
 def apply_memberships(
     conn: Connection,
     rows: Sequence[MembershipRow],
@@ -279,37 +294,24 @@ def apply_memberships(
 
     A membership is skipped (counted unchanged) when a tombstone or its deleted organization or
     user is at least as new as it; it is quarantined when its organization or user does not exist.
+    Locks follow the one order of :mod:`orgsync_pipeline.store.locking`: organizations, profiles,
+    memberships, then the quarantine.
     """
     result = MembershipApplyCounts()
-    result.organizations = apply_organizations(conn, organizations_first)
+    result.organizations = _merge_organizations(conn, organizations_first)
     result.profile_stubs = insert_profile_stubs(conn, profile_stubs)
     rows = _newest_per_key(rows, lambda row: (row.organization_id, row.user_id))
-    if not rows:
-        return result
+    if rows:
+        result.memberships = _merge_memberships(conn, rows, source=source)
+    if result.organizations.received:
+        _release_quarantine(conn, "organization", _stage_organizations)
+    return result
 
+
+def _merge_memberships(conn: Connection, rows: Sequence[MembershipRow], *, source: str) -> ApplyCounts:
     stage = _stage_memberships
     _stage(conn, stage, rows)
-    orphans = conn.execute(
-        sa.select(stage).where(
-            sa.or_(
-                ~sa.exists().where(organizations.c.id == stage.c.organization_id),
-                ~sa.exists().where(profiles.c.id == stage.c.user_id),
-            )
-        )
-    ).all()
-    quarantined = [
-        QuarantinedRecord(
-            entity="membership",
-            clerk_id=orphan.id,
-            reason=(
-                f"organization {orphan.organization_id} or user {orphan.user_id} does not exist "
-                "(its own record failed validation or has not been seen yet)"
-            ),
-            payload=orphan._asdict(),
-        )
-        for orphan in orphans
-    ]
-
+    quarantined = _orphans(conn, stage)
     updated_at = _ms_to_timestamptz(stage.c.updated_at)
     values: dict[str, sa.ColumnElement] = {
         "organization_id": stage.c.organization_id,
@@ -342,18 +344,40 @@ def apply_memberships(
     )
     counts.unchanged -= len(quarantined)
     counts.quarantined = quarantine(conn, quarantined, source=source)
-    conn.execute(
-        sa.delete(sync_quarantine).where(
-            sync_quarantine.c.entity == "membership",
-            sync_quarantine.c.clerk_id.in_(
-                sa.select(organization_members.c.clerk_membership_id).where(
-                    organization_members.c.clerk_membership_id.in_(sa.select(stage.c.id))
-                )
-            ),
-        )
+    delete_quarantined_where(
+        conn,
+        sync_quarantine.c.entity == "membership",
+        sync_quarantine.c.clerk_id.in_(
+            sa.select(organization_members.c.clerk_membership_id).where(
+                organization_members.c.clerk_membership_id.in_(sa.select(stage.c.id))
+            )
+        ),
     )
-    result.memberships = counts
-    return result
+    return counts
+
+
+def _orphans(conn: Connection, stage: sa.Table) -> list[QuarantinedRecord]:
+    """Staged memberships whose organization or user does not exist, as quarantine records."""
+    orphans = conn.execute(
+        sa.select(stage).where(
+            sa.or_(
+                ~sa.exists().where(organizations.c.id == stage.c.organization_id),
+                ~sa.exists().where(profiles.c.id == stage.c.user_id),
+            )
+        )
+    ).all()
+    return [
+        QuarantinedRecord(
+            entity="membership",
+            clerk_id=orphan.id,
+            reason=(
+                f"organization {orphan.organization_id} or user {orphan.user_id} does not exist "
+                "(its own record failed validation or has not been seen yet)"
+            ),
+            payload=orphan._asdict(),
+        )
+        for orphan in orphans
+    ]
 
 
 def _written_before(target: sa.Table, written_before: datetime | None) -> sa.ColumnElement[bool]:
@@ -388,30 +412,31 @@ def _soft_delete(
                     *(value(unnested.c.id) for value in placeholder.values()),
                     sa.literal(as_of),
                     sa.func.now(),
-                ),
+                ).order_by(unnested.c.id),
             )
             .on_conflict_do_nothing(index_elements=[target.c.id])
         )
-    deleted = (
-        conn.execute(
-            sa.update(target)
-            .where(
-                target.c.id == sa.any_(id_array),
-                target.c.deleted_at.is_(None),
-                sa.or_(target.c.updated_at.is_(None), target.c.updated_at <= as_of),
-                _written_before(target, written_before),
-            )
-            .values(deleted_at=as_of, synced_at=sa.func.now())
-            .returning(target.c.id)
-        )
-        .scalars()
-        .all()
+    deleted = lock_in_order(
+        conn,
+        target.c.id,
+        target.c.id == sa.any_(id_array),
+        target.c.deleted_at.is_(None),
+        sa.or_(target.c.updated_at.is_(None), target.c.updated_at <= as_of),
+        _written_before(target, written_before),
+        order_by=[target.c.id],
+        no_key=True,
     )
     if deleted:
-        conn.execute(sa.delete(organization_members).where(member_column == sa.any_(_text_array(deleted))))
-    return list(deleted)
+        conn.execute(
+            sa.update(target)
+            .where(target.c.id == sa.any_(_text_array(deleted)))
+            .values(deleted_at=as_of, synced_at=sa.func.now())
+        )
+        delete_memberships_where(conn, member_column == sa.any_(_text_array(deleted)))
+    return deleted
 
 
+@in_write_turn
 def delete_organizations(
     conn: Connection,
     ids: Sequence[str],
@@ -438,6 +463,7 @@ def delete_organizations(
     )
 
 
+@in_write_turn
 def delete_profiles(
     conn: Connection,
     ids: Sequence[str],
@@ -460,6 +486,7 @@ def delete_profiles(
     )
 
 
+@in_write_turn
 def delete_memberships(
     conn: Connection,
     keys: Sequence[MembershipKey],
@@ -485,20 +512,25 @@ def delete_memberships(
         .render_derived()
     )
     target = organization_members
-    deleted = conn.execute(
-        sa.delete(target)
-        .where(
-            target.c.organization_id == unnested.c.organization_id,
-            target.c.user_id == unnested.c.user_id,
-            sa.or_(target.c.updated_at.is_(None), target.c.updated_at <= as_of),
-            _written_before(target, written_before),
-        )
-        .returning(target.c.id)
-    ).all()
+    deleted = delete_memberships_where(
+        conn,
+        target.c.organization_id == unnested.c.organization_id,
+        target.c.user_id == unnested.c.user_id,
+        sa.or_(target.c.updated_at.is_(None), target.c.updated_at <= as_of),
+        _written_before(target, written_before),
+    )
 
+    _leave_tombstones(conn, unnested, as_of)
+    return deleted
+
+
+def _leave_tombstones(conn: Connection, unnested: sa.TableValuedAlias, as_of: datetime) -> None:
+    """Tombstone each key in ``unnested`` that has no membership row (now), unless a newer
+    tombstone exists."""
+    target = organization_members
     unique_keys = (
         sa.select(unnested)
-        .distinct(unnested.c.organization_id, unnested.c.user_id)
+        .ext(pg.distinct_on(unnested.c.organization_id, unnested.c.user_id))
         .where(
             ~sa.exists().where(
                 target.c.organization_id == unnested.c.organization_id,
@@ -510,7 +542,9 @@ def delete_memberships(
     )
     tombstone = pg.insert(membership_tombstones).from_select(
         ["organization_id", "user_id", "clerk_membership_id", "deleted_at"],
-        sa.select(*unique_keys.c, sa.literal(as_of)),
+        sa.select(*unique_keys.c, sa.literal(as_of)).order_by(
+            unique_keys.c.organization_id, unique_keys.c.user_id
+        ),
     )
     conn.execute(
         tombstone.on_conflict_do_update(
@@ -522,9 +556,9 @@ def delete_memberships(
             where=tombstone.excluded.deleted_at > membership_tombstones.c.deleted_at,
         )
     )
-    return len(deleted)
 
 
+@in_write_turn
 def quarantine(conn: Connection, records: Sequence[QuarantinedRecord], *, source: str) -> int:
     """Keep records that failed validation, with their reasons; re-seeing one refreshes its row."""
     if not records:
@@ -544,8 +578,8 @@ def quarantine(conn: Connection, records: Sequence[QuarantinedRecord], *, source
         [
             {
                 "entity": record.entity,
-                "clerk_id": record.clerk_id,
-                "reason": record.reason,
+                "clerk_id": storable_id(record.clerk_id),
+                "reason": storable_text(record.reason),
                 "payload": _jsonable(record.payload),
                 "source": source,
             }
@@ -555,24 +589,23 @@ def quarantine(conn: Connection, records: Sequence[QuarantinedRecord], *, source
     return len(records)
 
 
+@in_write_turn
 def prune_quarantine(conn: Connection, entity: str, *, not_seen_since: datetime) -> int:
     """After a complete listing: drop quarantined records of ``entity`` the listing no longer had."""
-    result = conn.execute(
-        sa.delete(sync_quarantine).where(
-            sync_quarantine.c.entity == entity, sync_quarantine.c.last_seen_at < not_seen_since
-        )
+    return delete_quarantined_where(
+        conn, sync_quarantine.c.entity == entity, sync_quarantine.c.last_seen_at < not_seen_since
     )
-    return result.rowcount
 
 
 def _unique_records(records: Sequence[QuarantinedRecord]) -> list[QuarantinedRecord]:
     # One INSERT … ON CONFLICT cannot touch a row twice; the last record for a key wins.
     by_key: dict[tuple[str, str], QuarantinedRecord] = {}
     for record in records:
-        key = record.clerk_id or json.dumps(_jsonable(record.payload), sort_keys=True)
+        key = storable_id(record.clerk_id) or json.dumps(_jsonable(record.payload), sort_keys=True)
         by_key[(record.entity, key)] = record
     return list(by_key.values())
 
 
 def _jsonable(payload: object) -> object:
-    return json.loads(json.dumps(payload, default=str))
+    # The quarantine must take any record, even one holding NUL, lone surrogates or deep nesting.
+    return storable_json(payload)
