@@ -1,9 +1,11 @@
 """Asset checks: quarantined records, and row counts against Clerk's own counts."""
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.client import ClerkClient
 from orgsync_pipeline.resources import ClerkResource, PostgresResource
@@ -92,17 +94,31 @@ full_sync_checks = [
 def no_dead_events(postgres: PostgresResource) -> dg.AssetCheckResult:
     """Fails while an event is `dead` (failed `ORGSYNC_WEBHOOK_MAX_ATTEMPTS` times); fix the cause, then
     `orgsync requeue-dead-events`. The next full sync repairs the data meanwhile."""
+    passed, metadata = dead_events(postgres.engine())
+    return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
+
+
+def dead_events_evaluation(engine: Engine) -> dg.AssetCheckEvaluation:
+    """The ``no_dead_events`` check's evaluation, for a run that drains the inbox to record."""
+    passed, metadata = dead_events(engine)
+    return dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey("webhook_inbox"),
+        check_name="no_dead_events",
+        passed=passed,
+        metadata=metadata,
+        severity=dg.AssetCheckSeverity.ERROR,
+    )
+
+
+def dead_events(engine: Engine) -> tuple[bool, dict[str, Any]]:
+    """Whether no webhook event is dead, with their count and a sample (newest first)."""
     dead = sa.select(webhook_inbox.c.id, webhook_inbox.c.event_type, webhook_inbox.c.last_error).where(
         webhook_inbox.c.status == "dead"
     )
-    with postgres.engine().connect() as conn:
+    with engine.connect() as conn:
         count = conn.execute(sa.select(sa.func.count()).select_from(dead.subquery())).scalar_one()
         sample = conn.execute(dead.order_by(webhook_inbox.c.id.desc()).limit(SAMPLE_SIZE)).all()
-    return dg.AssetCheckResult(
-        passed=count == 0,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"dead_events": count, "sample": _markdown(["id", "type", "last error"], sample)},
-    )
+    return count == 0, {"dead_events": count, "sample": _markdown(["id", "type", "last error"], sample)}
 
 
 webhook_checks = [no_dead_events]

@@ -9,7 +9,7 @@ import logging
 import statistics
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,8 +19,9 @@ from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.rows import MembershipKey, QuarantinedRecord
 from orgsync_pipeline.settings import Settings
-from orgsync_pipeline.store import apply, inbox
+from orgsync_pipeline.store import apply, inbox, write_log
 from orgsync_pipeline.validation import (
+    MEMBERSHIP_ID,
     ORG_ID,
     USER_ID,
     membership_pair,
@@ -52,6 +53,8 @@ class EventOutcome:
     status: str  # applied | ignored
     note: str | None = None
     quarantined: int = 0
+    # Rows written per table (for the write log the sensor reports to Dagster).
+    written: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,6 +63,7 @@ class ApplyRunReport:
 
     statuses: Counter[str] = field(default_factory=Counter)
     quarantined: int = 0
+    written: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     lags: list[float] = field(default_factory=list)
     duration_seconds: float = 0.0
@@ -71,6 +75,7 @@ class ApplyRunReport:
             "events_ignored": self.statuses["ignored"],
             "events_failed": self.statuses["failed"],
             "events_dead": self.statuses["dead"],
+            "events_quarantined": self.statuses["quarantined"],
             "records_quarantined": self.quarantined,
             "batches": self.batches,
             "duration_seconds": round(self.duration_seconds, 3),
@@ -100,29 +105,22 @@ def apply_event(
     if not isinstance(data, dict):
         raise EventShapeError(f"{event_type}: data is not a JSON object")
     family, action = event_type.rsplit(".", 1)
-
-    if family == "organization" and action == "deleted":
-        apply.delete_organizations(conn, [_deleted_id(data, ORG_ID)], as_of=occurred_at, record_unseen=True)
-        return EventOutcome("applied")
-    if family == "user" and action == "deleted":
-        apply.delete_profiles(conn, [_deleted_id(data, USER_ID)], as_of=occurred_at, record_unseen=True)
-        return EventOutcome("applied")
-    if family == "organizationMembership" and action == "deleted":
-        # The payload is the whole membership as it was; the deletion is at least as new as it.
-        as_of = max(occurred_at, _ms_to_datetime(record_updated_at(data)))
-        apply.delete_memberships(conn, [_membership_key(data)], as_of=as_of)
-        return EventOutcome("applied")
-
+    if action == "deleted":
+        return _apply_deletion(conn, family, data, occurred_at)
     if family == "organization":
         organizations = validate_organizations([data])
-        apply.apply_organizations(conn, organizations.rows)
+        counts = apply.apply_organizations(conn, organizations.rows)
         apply.quarantine(conn, organizations.quarantined, source=SOURCE)
-        return _quarantined(organizations.quarantined) if not organizations.rows else EventOutcome("applied")
+        if not organizations.rows:
+            return _quarantined(organizations.quarantined)
+        return EventOutcome("applied", written={"organizations": counts.inserted + counts.updated})
     if family == "user":
         profiles = validate_profiles([data])
-        apply.apply_profiles(conn, profiles.rows)
+        counts = apply.apply_profiles(conn, profiles.rows)
         apply.quarantine(conn, profiles.quarantined, source=SOURCE)
-        return _quarantined(profiles.quarantined) if not profiles.rows else EventOutcome("applied")
+        if not profiles.rows:
+            return _quarantined(profiles.quarantined)
+        return EventOutcome("applied", written={"profiles": counts.inserted + counts.updated})
 
     memberships = validate_memberships([data], role_map)
     counts = apply.apply_memberships(
@@ -133,31 +131,74 @@ def apply_event(
         source=SOURCE,
     )
     apply.quarantine(conn, memberships.quarantined, source=SOURCE)
+    written = {
+        "organizations": counts.organizations.inserted + counts.organizations.updated,
+        "profiles": counts.profile_stubs,
+        "organization_members": counts.memberships.inserted + counts.memberships.updated,
+    }
     if not memberships.rows:
         return _quarantined(memberships.quarantined)
     if counts.memberships.quarantined:
-        return EventOutcome("ignored", "quarantined: the membership's organization does not exist", 1)
+        return EventOutcome(
+            "ignored", "quarantined: the membership's organization does not exist", 1, written
+        )
     # The membership landed; its embedded organization may still have been quarantined.
-    return EventOutcome("applied", None, len(memberships.quarantined))
+    return EventOutcome("applied", None, len(memberships.quarantined), written)
 
 
-def apply_pending_events(engine: Engine, settings: Settings, log: Log) -> ApplyRunReport:
+def _apply_deletion(
+    conn: sa.Connection, family: str, data: Mapping[str, Any], occurred_at: datetime
+) -> EventOutcome:
+    if family == "organization":
+        ids = apply.delete_organizations(
+            conn, [_deleted_id(data, ORG_ID)], as_of=occurred_at, record_unseen=True
+        )
+        return EventOutcome("applied", written={"organizations": len(ids)})
+    if family == "user":
+        ids = apply.delete_profiles(conn, [_deleted_id(data, USER_ID)], as_of=occurred_at, record_unseen=True)
+        return EventOutcome("applied", written={"profiles": len(ids)})
+    if family == "organizationMembership":
+        # The payload is the whole membership as it was; the deletion is at least as new as it.
+        as_of = max(occurred_at, _ms_to_datetime(record_updated_at(data)))
+        deleted = apply.delete_memberships(conn, [_membership_key(data)], as_of=as_of)
+        return EventOutcome("applied", written={"organization_members": deleted})
+    raise EventShapeError(f"{family}.deleted: orgsync has no such table")
+
+
+def apply_pending_events(
+    engine: Engine,
+    settings: Settings,
+    log: Log,
+    *,
+    write_path: str | None = None,
+    batch_size: int | None = None,
+    max_batches: int = MAX_BATCHES_PER_RUN,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ApplyRunReport:
     """Drain the inbox: claim batches of pending events in Clerk's order and apply each.
 
     Each batch is one transaction and each event a savepoint in it: an event that fails is rolled
-    back alone and recorded with its error (dead after ``ORGSYNC_WEBHOOK_MAX_ATTEMPTS``), and the
-    others still land. A lost database connection fails the run and leaves the batch pending.
+    back alone. A transient failure (lost connection, deadlock, lock or statement timeout) is retried
+    with backoff and is dead after ``ORGSYNC_WEBHOOK_MAX_ATTEMPTS``; an event that can never apply is
+    quarantined at once; the others still land. A lost database connection raises and leaves the
+    batch pending. Drains take turns (an advisory lock), so events apply in Clerk's order across
+    every receiver and run; a drain that finds the lock taken returns at once with
+    ``skipped_reason`` set. ``write_path`` (inline apply) logs each batch's writes for the sensor.
     """
     started = time.monotonic()
     report = ApplyRunReport()
     with engine.connect() as lock_conn:
         if not lock_conn.execute(sa.select(sa.func.pg_try_advisory_lock(APPLY_LOCK_KEY))).scalar_one():
-            report.skipped_reason = "another apply run holds the inbox"
-            log.info("Another clerk_webhook_apply run is draining the inbox; nothing to do here.")
+            lock_conn.rollback()
+            report.skipped_reason = "another apply holds the inbox"
+            log.debug("Another apply is draining the inbox; nothing to do here.")
             return report
+        lock_conn.commit()
         try:
-            while report.batches < MAX_BATCHES_PER_RUN and _apply_batch(engine, settings, report, log):
-                pass
+            size = batch_size or settings.webhook_batch_size
+            while report.batches < max_batches and not should_stop():
+                if not _apply_batch(engine, settings, report, log, size=size, write_path=write_path):
+                    break
         finally:
             lock_conn.execute(sa.select(sa.func.pg_advisory_unlock(APPLY_LOCK_KEY)))
             lock_conn.commit()
@@ -165,34 +206,70 @@ def apply_pending_events(engine: Engine, settings: Settings, log: Log) -> ApplyR
     return report
 
 
-def _apply_batch(engine: Engine, settings: Settings, report: ApplyRunReport, log: Log) -> bool:
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may pass by itself: a lost or refused connection, a deadlock, a lock or
+    statement timeout (psycopg raises all of them as ``OperationalError``). Anything else comes
+    from the event and would fail the same way on every attempt."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | TimeoutError | ConnectionError)
+
+
+def _apply_batch(
+    engine: Engine, settings: Settings, report: ApplyRunReport, log: Log, *, size: int, write_path: str | None
+) -> bool:
+    written: Counter[str] = Counter()
+    lags: list[float] = []
     with engine.begin() as conn:
-        events = inbox.claim_batch(conn, settings.webhook_batch_size)
+        events = inbox.claim_batch(conn, size)
         if not events:
             return False
         report.batches += 1
         for event in events:
-            try:
-                with conn.begin_nested():
-                    outcome = apply_event(
-                        conn,
-                        event.event_type,
-                        event.payload,
-                        occurred_at=event.event_timestamp or event.received_at,
-                        role_map=settings.role_map,
-                    )
-            except Exception as exc:  # recorded on the event, which is retried later
-                error = f"{type(exc).__name__}: {exc}"[:2000]
-                status = inbox.mark_failed(conn, event, error, max_attempts=settings.webhook_max_attempts)
-                log.warning("webhook event %s (%s) %s: %s", event.id, event.event_type, status, error)
-                report.statuses[status] += 1
+            outcome = _apply_one(conn, event, settings, report, log)
+            if outcome is None:
                 continue
             handled_at = inbox.mark_handled(conn, event.id, outcome.status, outcome.note)
             report.statuses[outcome.status] += 1
             report.quarantined += outcome.quarantined
-            report.lags.append((handled_at - event.received_at).total_seconds())
+            written.update(outcome.written)
+            lags.append((handled_at - event.received_at).total_seconds())
+        if write_path is not None:
+            lag = max(lags, default=None)
+            for table, rows in sorted(written.items()):
+                write_log.record_write(conn, path=write_path, table=table, rows=rows, lag_seconds=lag)
+    report.written.update(written)
+    report.lags.extend(lags)
     log.info("applied a batch of %d webhook events", len(events))
     return True
+
+
+def _apply_one(
+    conn: sa.Connection, event: inbox.InboxEvent, settings: Settings, report: ApplyRunReport, log: Log
+) -> EventOutcome | None:
+    """Apply one claimed event in a savepoint; on failure record it (retry or quarantine) and
+    return None."""
+    try:
+        with conn.begin_nested():
+            return apply_event(
+                conn,
+                event.event_type,
+                event.payload,
+                occurred_at=event.event_timestamp or event.received_at,
+                role_map=settings.role_map,
+            )
+    except Exception as exc:  # recorded on the event: retried later, or quarantined for good
+        # The driver's message, not SQLAlchemy's, which appends the statement and its parameters.
+        detail = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+        error = f"{type(detail).__name__}: {detail}"[:2000]
+        if is_transient(exc):
+            status = inbox.mark_failed(conn, event, error, max_attempts=settings.webhook_max_attempts)
+        else:
+            inbox.mark_quarantined(conn, event, f"cannot apply: {error}")
+            status = "quarantined"
+        log.warning("webhook event %s (%s) %s: %s", event.id, event.event_type, status, error)
+        report.statuses[status] += 1
+        return None
 
 
 def _quarantined(records: list[QuarantinedRecord]) -> EventOutcome:
@@ -213,7 +290,11 @@ def _membership_key(data: Mapping[str, Any]) -> MembershipKey:
     if not (isinstance(user_id, str) and USER_ID.fullmatch(user_id)):
         raise EventShapeError(f"membership has no usable public_user_data.user_id (got {user_id!r})")
     membership_id = data.get("id")
-    return MembershipKey(org_id, user_id, membership_id if isinstance(membership_id, str) else None)
+    if membership_id is not None and not (
+        isinstance(membership_id, str) and MEMBERSHIP_ID.fullmatch(membership_id)
+    ):
+        raise EventShapeError(f"membership has no usable id (got {membership_id!r})")
+    return MembershipKey(org_id, user_id, membership_id)
 
 
 def _ms_to_datetime(ms: int) -> datetime:

@@ -1,11 +1,21 @@
-"""Sensors: launch an apply run when the webhook inbox holds events to apply."""
+"""``clerk_webhook_sensor``: backstop for the receivers' inline apply, and witness of their writes.
+
+Backstop: it launches ``clerk_webhook_apply`` for pending events the receivers left behind (pending
+longer than ``ORGSYNC_WEBHOOK_BACKSTOP_SECONDS`` in inline mode; at once in sensor mode) and for
+retries that are due. Witness: every tick it reports the writes made outside runs (inline apply,
+on-demand syncs), read from ``write_log``, as materializations of the tables they touched.
+"""
+
+import json
+from datetime import timedelta
 
 import dagster as dg
 
 from orgsync_pipeline.jobs import clerk_webhook_apply
 from orgsync_pipeline.resources import PostgresResource
-from orgsync_pipeline.settings import load_settings
-from orgsync_pipeline.store.inbox import claimable_summary
+from orgsync_pipeline.settings import Settings, load_settings
+from orgsync_pipeline.store import write_log
+from orgsync_pipeline.store.inbox import InboxSummary, claimable_summary
 
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
@@ -13,6 +23,8 @@ IN_PROGRESS = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
+CURSOR_KEY = "write_log_batch"
+PATH_NAMES = {"webhook": "by the receivers' inline apply", "on_demand": "by on-demand syncs"}
 
 
 @dg.sensor(
@@ -20,26 +32,93 @@ IN_PROGRESS = [
     job=clerk_webhook_apply,
     minimum_interval_seconds=load_settings().webhook_sensor_interval,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Launches clerk_webhook_apply when the inbox holds pending events (one run at a time).",
+    description=(
+        "Launches clerk_webhook_apply for webhook events the receivers left pending (or every pending "
+        "event with ORGSYNC_WEBHOOK_APPLY=sensor) and for due retries, one run at a time; reports "
+        "the writes made outside runs (inline apply, on-demand syncs) as materializations."
+    ),
 )
 def clerk_webhook_sensor(
     context: dg.SensorEvaluationContext, postgres: PostgresResource
 ) -> dg.SensorResult | dg.SkipReason:
-    """One cheap query per tick; the inbox, not the cursor, says what is left to do."""
-    with postgres.engine().connect() as conn:
-        summary = claimable_summary(conn)
+    """Two cheap queries per tick; the inbox says what is left to apply, the write log (with the
+    cursor naming the last batch reported) what is left to report."""
+    settings = load_settings()
+    previous = parse_cursor(context.cursor)
+    with postgres.engine().begin() as conn:
+        # The daemon stored the previous tick's cursor, so that tick's report reached Dagster.
+        write_log.confirm_reported(conn, previous)
+        batch = write_log.take_unreported(conn)
+        summary = claimable_summary(conn, pending_for=_grace(settings))
+    asset_events = [materialization(report) for report in batch.reports]
+    run_request, skip_reason = _backstop(context, summary, settings)
+    if run_request is None and not asset_events:
+        return dg.SkipReason(skip_reason)
+    return dg.SensorResult(
+        run_requests=[run_request] if run_request else [],
+        skip_reason=None if run_request else skip_reason,
+        asset_events=asset_events,
+        cursor=format_cursor(batch.cursor if batch.cursor is not None else previous),
+    )
+
+
+def _grace(settings: Settings) -> timedelta | None:
+    if settings.webhook_apply == "sensor":
+        return None
+    return timedelta(seconds=settings.webhook_backstop_seconds)
+
+
+def _backstop(
+    context: dg.SensorEvaluationContext, summary: InboxSummary, settings: Settings
+) -> tuple[dg.RunRequest | None, str]:
     if not summary.claimable:
-        return dg.SkipReason("no pending webhook events")
+        if settings.webhook_apply == "sensor":
+            return None, "no pending webhook events"
+        return None, (
+            f"no webhook event pending for over {settings.webhook_backstop_seconds:g} s and no retry due "
+            "(the receivers apply events themselves)"
+        )
     runs = context.instance.get_run_records(dg.RunsFilter(job_name=clerk_webhook_apply.name), limit=1)
     latest = runs[0].dagster_run if runs else None
     if latest is not None and latest.status in IN_PROGRESS:
-        return dg.SkipReason(f"run {latest.run_id} is still applying events")
+        return None, f"run {latest.run_id} is still applying events"
     # The key names the batch and the run before it, so a batch launches once, yet is launched
     # again after a run that failed without touching it (its key would otherwise block forever).
     run_key = f"inbox-{summary.max_id}-{summary.attempts}-after-{latest.run_id if latest else 'none'}"
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(run_key=run_key, tags={"orgsync/pending_events": str(summary.claimable)})
-        ],
-        cursor=str(summary.max_id),
+    tags = {"orgsync/pending_events": str(summary.claimable), "orgsync/apply_mode": settings.webhook_apply}
+    return dg.RunRequest(run_key=run_key, tags=tags), ""
+
+
+def materialization(report: write_log.WriteReport) -> dg.AssetMaterialization:
+    """One table's writes through one path since the last tick, as a materialization."""
+    metadata: dict[str, object] = {
+        "path": report.path,
+        "rows_written": report.rows,
+        "writes": report.writes,
+        "last_written_at": dg.MetadataValue.timestamp(report.last_written_at),
+        "write_log_ids": f"{report.first_id}-{report.last_id}",
+    }
+    if report.lag_seconds_max is not None:
+        metadata["lag_seconds_max"] = round(report.lag_seconds_max, 3)
+        metadata["lag_seconds_avg"] = round(report.lag_seconds_avg or 0.0, 3)
+    return dg.AssetMaterialization(
+        asset_key=report.table,
+        description=f"{report.rows} rows written {PATH_NAMES.get(report.path, report.path)}",
+        metadata=metadata,
     )
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    """The write-log batch the previous tick reported (None before the first, or for an older
+    cursor format)."""
+    try:
+        value = json.loads(cursor) if cursor else None
+    except ValueError:
+        return None
+    batch = value.get(CURSOR_KEY) if isinstance(value, dict) else None
+    return batch if isinstance(batch, int) and not isinstance(batch, bool) else None
+
+
+def format_cursor(batch: int | None) -> str:
+    """The cursor naming the write-log batch reported by this tick."""
+    return json.dumps({CURSOR_KEY: batch})

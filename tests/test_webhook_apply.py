@@ -45,8 +45,12 @@ def deliver(receiver: Receiver, clerk: ClerkEmulator, event_type: str, data: dic
 
 
 def run_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
-    (event,) = result.get_asset_materialization_events()
-    return {key: value.value for key, value in event.materialization.metadata.items()}
+    """The run's counts, recorded as an observation of the inbox."""
+    (event,) = result.get_asset_observation_events()
+    assert event.asset_key == dg.AssetKey("webhook_inbox")
+    return {
+        key: value.value for key, value in event.asset_observation_data.asset_observation.metadata.items()
+    }
 
 
 def org_row(engine: Engine, org_id: str) -> Any:
@@ -292,42 +296,52 @@ def test_invalid_payloads_are_quarantined(receiver: Receiver, clerk: ClerkEmulat
     assert run_metadata(result)["records_quarantined"] == 2
 
 
-def test_a_failing_event_is_retried_then_dead_and_fails_the_check(
-    receiver: Receiver, clerk: ClerkEmulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
+def test_a_transient_failure_is_retried_then_dead_and_fails_the_check(
+    receiver: Receiver,
+    clerk: ClerkEmulator,
+    engine: Engine,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An event of unexpected shape is kept with its error, retried after a backoff, and dead after
+    """An event that fails for a reason that may pass (here a lock timeout: another transaction holds
+    the organizations table) is kept with its error, retried after a backoff, and dead after
     ORGSYNC_WEBHOOK_MAX_ATTEMPTS; the other events of its batch land; the dead one fails a check."""
     monkeypatch.setenv("ORGSYNC_WEBHOOK_MAX_ATTEMPTS", "2")
+    url = sa.make_url(database_url)
+    options = f"{url.query['options']} -clock_timeout=200"
+    monkeypatch.setenv("DATABASE_URL", url.update_query_dict({"options": options}).render_as_string(False))
     org = clerk.create_organization("Acme")
-    deliver(receiver, clerk, "organization.deleted", {"object": "organization", "deleted": True})
+    user = clerk.create_user("Ada", "Lovelace", "ada@example.com")
     deliver(receiver, clerk, "organization.created", org)
+    deliver(receiver, clerk, "user.created", user)
 
-    result = apply_events()
+    with engine.connect() as holder:
+        holder.execute(sa.text("LOCK TABLE organizations IN SHARE MODE"))
+        result = apply_events()
 
-    assert org_row(engine, org["id"]) is not None
+        assert profile_row(engine, user["id"]) is not None
+        with engine.connect() as conn:
+            failed = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.status != "applied")).one()
+        assert (failed.event_type, failed.status, failed.attempts) == ("organization.created", "failed", 1)
+        assert "lock timeout" in failed.last_error
+        assert failed.next_attempt_at > failed.received_at
+        assert (run_metadata(result)["events_failed"], run_metadata(result)["events_applied"]) == (1, 1)
+
+        apply_events()  # the backoff has not passed: nothing to retry yet
+        with engine.connect() as conn:
+            attempts = conn.execute(
+                sa.select(webhook_inbox.c.attempts).where(webhook_inbox.c.id == failed.id)
+            )
+            assert attempts.scalar() == 1
+        with engine.begin() as conn:
+            conn.execute(sa.update(webhook_inbox).values(next_attempt_at=sa.func.now()))
+        result = apply_events()
+        holder.rollback()
+
     with engine.connect() as conn:
-        failed = conn.execute(sa.select(webhook_inbox).where(webhook_inbox.c.status != "applied")).one()
-    assert (failed.status, failed.attempts) == ("failed", 1)
-    assert "id" in failed.last_error
-    assert failed.next_attempt_at > failed.received_at
-    assert run_metadata(result)["events_failed"] == 1
-    assert run_metadata(result)["events_applied"] == 1
-
-    apply_events()  # the backoff has not passed: nothing to retry yet
-    with engine.connect() as conn:
-        assert (
-            conn.execute(sa.select(webhook_inbox.c.attempts).where(webhook_inbox.c.id == failed.id)).scalar()
-            == 1
-        )
-    with engine.begin() as conn:
-        conn.execute(sa.update(webhook_inbox).values(next_attempt_at=sa.func.now()))
-    result = apply_events()
-
-    with engine.connect() as conn:
-        assert (
-            conn.execute(sa.select(webhook_inbox.c.status).where(webhook_inbox.c.id == failed.id)).scalar()
-            == "dead"
-        )
+        status = conn.execute(sa.select(webhook_inbox.c.status).where(webhook_inbox.c.id == failed.id))
+        assert status.scalar() == "dead"
+    assert org_row(engine, org["id"]) is None
     (check,) = result.get_asset_check_evaluations()
     assert (check.check_name, check.passed) == ("no_dead_events", False)
     assert run_metadata(result)["events_dead"] == 1
@@ -388,7 +402,13 @@ def test_events_sent_while_the_database_is_down_are_all_applied_once_it_is_back(
     behind a proxy that goes down: deliveries get 503, are retried, and once the database is back every
     change is stored once and applied."""
     proxy, proxied_url = proxy_for(database_url)
-    settings = load_settings({"DATABASE_URL": proxied_url, "CLERK_WEBHOOK_SECRET": webhook_secret})
+    settings = load_settings(
+        {
+            "DATABASE_URL": proxied_url,
+            "CLERK_WEBHOOK_SECRET": webhook_secret,
+            "ORGSYNC_WEBHOOK_APPLY": "sensor",
+        }
+    )
     clerk = ClerkEmulator()
     try:
         with serve_in_thread(create_app(settings)) as receiver_url:

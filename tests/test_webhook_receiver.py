@@ -99,7 +99,13 @@ class Svix:
 
 
 def receiver_settings(database_url: str, tmp_path: Path, **env: str) -> dict[str, str]:
-    return {"DATABASE_URL": database_url, "ORGSYNC_HOME": str(tmp_path / "orgsync-home"), **env}
+    # Sensor mode: these tests look at what the receiver stores, before anything applies it.
+    return {
+        "DATABASE_URL": database_url,
+        "ORGSYNC_HOME": str(tmp_path / "orgsync-home"),
+        "ORGSYNC_WEBHOOK_APPLY": "sensor",
+        **env,
+    }
 
 
 def inbox_rows(database_url: str) -> list[dict[str, Any]]:
@@ -578,16 +584,33 @@ def test_serve_webhooks_with_an_invalid_secret_exits_without_showing_it(tmp_path
 
 @pytest.fixture
 def proxied(database_url: str, secret: str, tmp_path: Path) -> Iterator[tuple[Svix, TcpProxy]]:
-    """A receiver whose DATABASE_URL goes through a switchable TCP proxy to the test's schema."""
+    """A receiver whose DATABASE_URL goes through a switchable TCP proxy to the test's schema,
+    connected before the test starts.
+
+    Its first use connects and migrates under a database-wide advisory lock, which other test
+    processes may hold for a while: over 10 s that first request was a 503 (a flaky failure, not
+    an outage). So the schema is migrated here first, and the test starts once /healthz is 200.
+    """
+    engine_for(database_url)
     proxy, proxied_url = proxy_for(database_url)
     app = create_app(load_settings(receiver_settings(proxied_url, tmp_path, CLERK_WEBHOOK_SECRET=secret)))
     try:
         with serve_in_thread(app) as base_url:
             sender = Svix(base_url, secret)
+            _wait_until_connected(sender)
             yield sender, proxy
             sender.close()
     finally:
         proxy.down()
+
+
+def _wait_until_connected(sender: Svix, attempts: int = 12) -> None:
+    """Ask /healthz until the receiver has its database (each try gives up after its own 10 s)."""
+    for _attempt in range(attempts):
+        if sender.client.get("/healthz").status_code == 200:
+            return
+        time.sleep(0.5)
+    pytest.fail("the receiver never reached its database through the proxy")
 
 
 def _assert_retry_later(response: httpx.Response, within: float = QUICKLY) -> None:

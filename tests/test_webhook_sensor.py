@@ -1,8 +1,11 @@
-"""`clerk_webhook_sensor`, evaluated with `build_sensor_context` against a real inbox."""
+"""`clerk_webhook_sensor` in sensor mode (ORGSYNC_WEBHOOK_APPLY=sensor: every write inside a Dagster
+run), evaluated with `build_sensor_context` against a real inbox. Inline mode's backstop and the
+write-log witness are in test_inline_apply.py."""
 
 import uuid
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
 from dagster._core.storage.dagster_run import DagsterRun
 from sqlalchemy.engine import Engine
@@ -13,6 +16,12 @@ from orgsync_pipeline.resources import PostgresResource
 from orgsync_pipeline.sensors import clerk_webhook_sensor
 from orgsync_pipeline.store.schema import organizations, webhook_inbox
 from tests.conftest import Receiver
+
+
+@pytest.fixture(autouse=True)
+def sensor_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sensor reads the mode from the environment at each evaluation."""
+    monkeypatch.setenv("ORGSYNC_WEBHOOK_APPLY", "sensor")
 
 
 def evaluate(

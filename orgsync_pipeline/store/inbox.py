@@ -84,14 +84,27 @@ def _claimable() -> sa.ColumnElement[bool]:
     )
 
 
-def claimable_summary(conn: Connection) -> InboxSummary:
-    """Count, highest id and total attempts of the events an apply run would take now."""
+def claimable_summary(conn: Connection, *, pending_for: timedelta | None = None) -> InboxSummary:
+    """Count, highest id and total attempts of the events an apply run would take now.
+
+    With ``pending_for``, only pending events received at least that long ago count (the
+    receivers apply the others themselves), plus failed events whose retry is due.
+    """
+    claimable = _claimable()
+    if pending_for is not None:
+        claimable = sa.or_(
+            sa.and_(
+                webhook_inbox.c.status == "pending",
+                webhook_inbox.c.received_at <= sa.func.now() - pending_for,
+            ),
+            sa.and_(webhook_inbox.c.status == "failed", webhook_inbox.c.next_attempt_at <= sa.func.now()),
+        )
     row = conn.execute(
         sa.select(
             sa.func.count(),
             sa.func.max(webhook_inbox.c.id),
             sa.func.coalesce(sa.func.sum(webhook_inbox.c.attempts), 0),
-        ).where(_claimable())
+        ).where(claimable)
     ).one()
     return InboxSummary(claimable=row[0], max_id=row[1], attempts=int(row[2]))
 
@@ -131,6 +144,22 @@ def mark_handled(conn: Connection, event_id: int, status: str, note: str | None 
         )
         .returning(webhook_inbox.c.applied_at)
     ).scalar_one()
+
+
+def mark_quarantined(conn: Connection, event: InboxEvent, reason: str) -> None:
+    """Set aside an event that can never apply (its payload, not the database, is at fault), on its
+    first failure: no retry would change the outcome."""
+    conn.execute(
+        sa.update(webhook_inbox)
+        .where(webhook_inbox.c.id == event.id)
+        .values(
+            status="quarantined",
+            attempts=event.attempts + 1,
+            last_error=reason,
+            next_attempt_at=None,
+            applied_at=sa.func.clock_timestamp(),
+        )
+    )
 
 
 def mark_failed(conn: Connection, event: InboxEvent, error: str, *, max_attempts: int) -> str:
