@@ -11,7 +11,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from orgsync_pipeline.store.database import MIGRATION_LOCK_KEY, MigrationError, migrate, migrations
 
-VERSIONS = ["0001_sync_tables", "0002_organization_ids_to_text", "0003_webhook_inbox"]
+VERSIONS = [
+    "0001_sync_tables",
+    "0002_organization_ids_to_text",
+    "0003_webhook_inbox",
+    "0004_write_log",
+    "0005_row_level_security",
+    "0006_sync_runs",
+]
 SYNC_TABLES = (
     "organizations",
     "profiles",
