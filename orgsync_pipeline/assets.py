@@ -2,9 +2,10 @@
 
 import dagster as dg
 
-from orgsync_pipeline.events import apply_pending_events
+from orgsync_pipeline.failures import step_failures
 from orgsync_pipeline.resources import ClerkResource, PostgresResource
 from orgsync_pipeline.settings import load_settings
+from orgsync_pipeline.store import sync_runs
 from orgsync_pipeline.sync import sync_memberships, sync_organizations, sync_profiles
 
 GROUP = "clerk"
@@ -22,8 +23,10 @@ def organizations(
     changed rows, quarantines invalid ones in `sync_quarantine`, and soft-deletes (`deleted_at`)
     organizations Clerk confirms are gone, together with their memberships.
     """
-    with clerk.client() as client:
-        report = sync_organizations(postgres.engine(), client, load_settings(), context.log)
+    with step_failures(), sync_runs.recorded(postgres.engine(), "organizations", context.run.run_id) as run:
+        with clerk.client() as client:
+            report = sync_organizations(run.engine, client, load_settings(), context.log)
+        run.counts = report.metadata()
     return dg.MaterializeResult(metadata=report.metadata())
 
 
@@ -36,8 +39,10 @@ def profiles(
     Lists every user (`GET /users`, 500 per page), validates, upserts the changed rows,
     quarantines invalid ones, and soft-deletes users Clerk confirms are gone, with their memberships.
     """
-    with clerk.client() as client:
-        report = sync_profiles(postgres.engine(), client, load_settings(), context.log)
+    with step_failures(), sync_runs.recorded(postgres.engine(), "profiles", context.run.run_id) as run:
+        with clerk.client() as client:
+            report = sync_profiles(run.engine, client, load_settings(), context.log)
+        run.counts = report.metadata()
     return dg.MaterializeResult(metadata=report.metadata())
 
 
@@ -52,22 +57,12 @@ def organization_members(
     each membership's organization and a profile stub for users the user listing missed, then
     deletes memberships Clerk confirms are gone.
     """
-    with clerk.client() as client:
-        report = sync_memberships(postgres.engine(), client, load_settings(), context.log)
+    table = "organization_members"
+    with step_failures(), sync_runs.recorded(postgres.engine(), table, context.run.run_id) as run:
+        with clerk.client() as client:
+            report = sync_memberships(run.engine, client, load_settings(), context.log)
+        run.counts = report.metadata()
     return dg.MaterializeResult(metadata=report.metadata())
 
 
 full_sync_assets = [organizations, profiles, organization_members]
-
-
-@dg.asset(key="webhook_inbox", group_name=WEBHOOK_GROUP, kinds=KINDS)
-def webhook_inbox(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
-    """Clerk webhook events in the `webhook_inbox` table, applied to the synced tables.
-
-    Each materialization drains the inbox: pending events are applied in Clerk's order through the
-    same validation and write path as the full sync (newer wins; deletions are final for older
-    data). A failing event is retried with backoff and becomes `dead` after
-    `ORGSYNC_WEBHOOK_MAX_ATTEMPTS`. Launched by `clerk_webhook_sensor`.
-    """
-    report = apply_pending_events(postgres.engine(), load_settings(), context.log)
-    return dg.MaterializeResult(metadata=report.metadata())

@@ -2,12 +2,13 @@
 
 import dagster as dg
 
-from orgsync_pipeline.assets import full_sync_assets, webhook_inbox
+from orgsync_pipeline.assets import full_sync_assets
 from orgsync_pipeline.checks import full_sync_checks, webhook_checks
 from orgsync_pipeline.jobs import clerk_full_sync, clerk_webhook_apply
 from orgsync_pipeline.resources import resources_from_environment
 from orgsync_pipeline.schedules import clerk_full_sync_schedule
 from orgsync_pipeline.sensors import clerk_webhook_sensor
+from orgsync_pipeline.webhook_apply import webhook_inbox
 
 defs = dg.Definitions(
     assets=[*full_sync_assets, webhook_inbox],

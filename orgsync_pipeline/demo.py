@@ -7,9 +7,10 @@ demo's runs show up in the UI afterwards.
 """
 
 import base64
+import json
 import os
-import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
+from orgsync_pipeline.lifecycle import embedded_server_running, run_supervised, stop_hint
 from orgsync_pipeline.settings import is_set, load_settings
-from orgsync_pipeline.store.database import embedded_database_url, engine_for
+from orgsync_pipeline.store.database import configured_database_url, embedded_database_url, engine_for
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles, sync_quarantine
 
 DEMO_DATABASE = "orgsync_demo"
@@ -35,6 +37,16 @@ run_coordinator:
   class: DefaultRunCoordinator
 telemetry:
   enabled: false
+"""
+
+# The code location is named orgsync here, in workspace.yaml and in pyproject's [tool.dagster].
+WORKSPACE_YAML = """\
+# Written by orgsync dev.
+load_from:
+  - python_module:
+      module_name: orgsync_pipeline.definitions
+      location_name: orgsync
+      working_directory: {working_directory}
 """
 
 Print = Callable[[str], None]
@@ -73,6 +85,7 @@ def run_demo(out: Print = print) -> int:
         import dagster as dg
 
         from orgsync_pipeline.definitions import defs
+        from orgsync_pipeline.failures import run_failure_message
 
         job = defs.resolve_job_def("clerk_full_sync")
         instance = dg.DagsterInstance.get()
@@ -81,7 +94,7 @@ def run_demo(out: Print = print) -> int:
         out(f"Clerk emulator at {emulator.api_url}; embedded PostgreSQL database {DEMO_DATABASE!r}\n")
         result = job.execute_in_process(instance=instance, run_config=quiet, raise_on_error=False)
         if not result.success:
-            out("The full sync failed; see the run in `orgsync dev`.")
+            out(f"The full sync failed: {run_failure_message(result)}\nSee the run in `orgsync dev`.")
             return 1
         out(f"Full sync (run {result.run_id[:8]}) landed:")
         _print_tables(out, database_url)
@@ -93,7 +106,7 @@ def run_demo(out: Print = print) -> int:
         out(f"\nIn Clerk: renamed {org['name']!r}; removed one of its members. Syncing again…")
         result = job.execute_in_process(instance=instance, run_config=quiet, raise_on_error=False)
         if not result.success:
-            out("The second full sync failed; see the run in `orgsync dev`.")
+            out(f"The second full sync failed: {run_failure_message(result)}")
             return 1
         for event in result.get_asset_materialization_events():
             metadata = {key: value.value for key, value in event.materialization.metadata.items()}
@@ -106,6 +119,8 @@ def run_demo(out: Print = print) -> int:
 
         if not _demo_webhook(emulator, database_url, defs, instance, quiet, out):
             return 1
+        if not _demo_on_demand(emulator, out):
+            return 1
     out("\nNext: `orgsync dev` opens the Dagster UI (http://127.0.0.1:3000) with these runs.")
     return 0
 
@@ -113,7 +128,8 @@ def run_demo(out: Print = print) -> int:
 def _demo_webhook(
     emulator: ClerkEmulator, database_url: str, defs: Any, instance: Any, run_config: dict, out: Print
 ) -> bool:
-    """A change in Clerk arriving by webhook: signed delivery → receiver → inbox → sensor → apply run."""
+    """A change in Clerk arriving by webhook: signed delivery → receiver → inbox → inline apply, then
+    the sensor reporting the receiver's writes to Dagster."""
     import dagster as dg
 
     from orgsync_pipeline.resources import PostgresResource
@@ -126,34 +142,85 @@ def _demo_webhook(
         emulator.add_webhook_endpoint(f"{receiver_url}/webhooks/clerk", secret)
         org = list(emulator.organizations.values())[1]
         newcomer = emulator.create_user("Grace", "Hopper", "grace.hopper@example.com")
+        changed = time.monotonic()
         emulator.create_membership(org["id"], newcomer["id"], role="org:admin")
         out(
             f"\nIn Clerk: Grace Hopper joins {org['name']!r} as admin; "
             f"Clerk sends the webhooks to {receiver_url} …"
         )
-        if not emulator.wait_for_deliveries(timeout=30) or emulator.failed_deliveries:
-            out("The receiver did not accept the webhooks.")
+        visible = _wait_for_membership(database_url, org["id"], newcomer["id"])
+        if visible is None or emulator.failed_deliveries:
+            out("The receiver did not accept or apply the webhooks.")
             return False
-        out(f"  the receiver verified and stored {len(emulator.webhook_events)} events in webhook_inbox")
+        out(
+            f"  the receiver verified, stored and applied them itself (inline): the membership was "
+            f"visible {1000 * (visible - changed):.0f} ms after the change in Clerk"
+        )
 
-    # Under `orgsync dev` the daemon evaluates the sensor every few seconds; here we do it once.
+    # Under `orgsync dev` the daemon evaluates the sensor every few seconds; here we do it once and
+    # record what it reports (the receiver's writes, as materializations) in the demo's instance.
     resources = {"postgres": PostgresResource(database_url=database_url)}
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        request = clerk_webhook_sensor(context).run_requests[0]
-    result = defs.resolve_job_def("clerk_webhook_apply").execute_in_process(
-        instance=instance, run_config=run_config, tags=request.tags, raise_on_error=False
-    )
-    if not result.success:
-        out("The webhook apply run failed; see it in `orgsync dev`.")
-        return False
-    (event,) = result.get_asset_materialization_events()
-    metadata = {key: value.value for key, value in event.materialization.metadata.items()}
-    out(
-        f"  clerk_webhook_sensor launched clerk_webhook_apply (run {result.run_id[:8]}): "
-        f"{metadata['events_applied']} events applied, {metadata['lag_seconds_max']:.1f} s after receipt"
-    )
+        tick = clerk_webhook_sensor(context)
+    events = list(getattr(tick, "asset_events", None) or [])
+    for event in events:
+        instance.report_runless_asset_event(event)
+    tables = ", ".join(sorted({event.asset_key.to_user_string() for event in events}))
+    out(f"  clerk_webhook_sensor reported the receiver's writes to Dagster as materializations of {tables}")
     _print_tables(out, database_url)
     return True
+
+
+def _demo_on_demand(emulator: ClerkEmulator, out: Print) -> bool:
+    """The app's on-demand sync: a session token the emulator minted, POST /sync/me and
+    /sync/organizations/{id} on the receiver's port, and a token for another organization refused."""
+    import httpx
+
+    from orgsync_pipeline.webhooks import create_app, serve_in_thread
+
+    os.environ.setdefault("CLERK_WEBHOOK_SECRET", "whsec_" + base64.b64encode(os.urandom(24)).decode())
+    org, other = list(emulator.organizations.values())[2:4]
+    member = next(m for m in emulator.memberships.values() if m["organization"]["id"] == org["id"])
+    user_id = member["public_user_data"]["user_id"]
+    out(f"\nOn-demand sync: a signed-in member of {org['name']!r} (session token minted by the emulator)")
+    with serve_in_thread(create_app()) as receiver_url:
+        for path, token in (
+            ("/sync/me", emulator.session_token(user_id, org["id"])),
+            (f"/sync/organizations/{org['id']}", emulator.session_token(user_id, org["id"])),
+            (f"/sync/organizations/{org['id']}", emulator.session_token(user_id, other["id"])),
+        ):
+            response = httpx.post(
+                receiver_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            )
+            body = response.json()
+            if response.status_code == 200:
+                members = body["counts"]["organization_members"]
+                out(
+                    f"  POST {path:<40} 200 in {body['elapsed_ms']:.0f} ms: {members['fetched']} memberships "
+                    f"fetched, {members['inserted']} inserted, {members['updated']} updated, "
+                    f"{members['deleted']} deleted"
+                )
+            elif response.status_code == 403:
+                out(f"  POST {path:<40} 403 with a token for {other['name']!r}: {body['error']}")
+            else:
+                out(f"  POST {path} answered {response.status_code}: {body.get('error')}")
+                return False
+    return True
+
+
+def _wait_for_membership(database_url: str, org_id: str, user_id: str, timeout: float = 30.0) -> float | None:
+    """When (``time.monotonic()``) the membership became visible, or None after ``timeout``."""
+    query = sa.select(organization_members.c.id).where(
+        organization_members.c.organization_id == org_id, organization_members.c.user_id == user_id
+    )
+    deadline = time.monotonic() + timeout
+    with engine_for(database_url).connect() as conn:
+        while time.monotonic() < deadline:
+            if conn.execute(query).first() is not None:
+                return time.monotonic()
+            conn.rollback()
+            time.sleep(0.005)
+    return None
 
 
 def _print_tables(out: Print, database_url: str) -> None:
@@ -181,19 +248,53 @@ def _print_tables(out: Print, database_url: str) -> None:
         out(f"    {row.name:<28} {row.slug or '':<24} {row.n} members")
 
 
-def run_dev(dagster_args: list[str], out: Print = print) -> int:
-    """``dagster dev`` on orgsync's code location, with the demo's Dagster home.
+def run_dev(dagster_args: list[str], out: Print = print, *, verbose: bool = False) -> int:
+    """dagster dev on orgsync's code location, with the demo's Dagster home.
 
-    Without ``CLERK_SECRET_KEY`` it runs against the emulator and the demo database, so a newcomer
+    Without CLERK_SECRET_KEY it runs against the emulator and the demo database, so a newcomer
     can materialize assets from the UI; with it, against the configured Clerk and database.
+    dagster dev runs in its own session and is stopped, with its whole process group, on Ctrl-C.
     """
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "orgsync_pipeline.definitions", *dagster_args]
+    settings = load_settings()
+    home = dagster_home(settings.home)
+    command = dev_command_line(home, dagster_args, verbose=verbose)
     if is_set("CLERK_SECRET_KEY"):
-        os.environ["DAGSTER_HOME"] = str(dagster_home(load_settings().home))
-        return subprocess.call(command)
+        os.environ["DAGSTER_HOME"] = str(home)
+        # Started here, the embedded server (if used) stays out of dagster dev's process group.
+        configured_database_url(settings)
+        out(_dev_banner(dagster_args))
+        return _supervise(command, settings.home, out)
     with demo_environment() as (emulator, _):
         out(
             f"CLERK_SECRET_KEY is not set: using the Clerk emulator at {emulator.api_url} "
             "and the demo database."
         )
-        return subprocess.call(command)
+        out(_dev_banner(dagster_args))
+        return _supervise(command, settings.home, out)
+
+
+def dev_command_line(home: Path, dagster_args: list[str], *, verbose: bool = False) -> list[str]:
+    """The dagster dev command: a workspace naming the code location orgsync, and the services'
+    INFO logs (a sensor line every few seconds) only when verbose."""
+    workspace = home / "workspace.yaml"
+    workspace.write_text(WORKSPACE_YAML.format(working_directory=json.dumps(str(Path.cwd()))))
+    quiet = [] if verbose or "--log-level" in dagster_args else ["--log-level", "warning"]
+    return [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), *quiet, *dagster_args]
+
+
+def _dev_banner(dagster_args: list[str]) -> str:
+    host, port = "127.0.0.1", "3000"
+    for flags, value in zip(dagster_args, [*dagster_args[1:], ""], strict=True):
+        if flags in ("-p", "--port", "--dagit-port"):
+            port = value
+        elif flags in ("-h", "--host", "--dagit-host"):
+            host = value
+    return f"Dagster UI at http://{host}:{port} (code location orgsync); Ctrl-C stops it."
+
+
+def _supervise(command: list[str], home: Path, out: Print) -> int:
+    try:
+        return run_supervised(command)
+    finally:
+        if embedded_server_running(home):
+            out(stop_hint(home))

@@ -5,10 +5,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
+from pydantic import Field
 from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.client import ClerkClient, RetryPolicy
-from orgsync_pipeline.settings import DEFAULT_CLERK_API_URL, is_set, load_settings
+from orgsync_pipeline.settings import DEFAULT_CLERK_API_URL, SettingsError, is_set, load_settings
 from orgsync_pipeline.store.database import engine_for, resolve_database_url
 
 
@@ -17,16 +18,30 @@ class ClerkResource(dg.ConfigurableResource):
 
     secret_key: str
     api_url: str = DEFAULT_CLERK_API_URL
+    rate_limit: int | None = Field(
+        default=None,
+        description="Requests per 10 s that this process may send to Clerk, shared by every request "
+        "(ORGSYNC_CLERK_RATE_LIMIT). Unset: Clerk's limit for the key, 1,000 for sk_live_ keys, else 100.",
+    )
 
     @contextmanager
     def client(self, logger: logging.Logger | None = None) -> Iterator[ClerkClient]:
         """A client for one run or evaluation, closed afterwards."""
+        if not self.secret_key.strip():
+            raise SettingsError(
+                "CLERK_SECRET_KEY is not set or empty: set it to the instance's secret key "
+                "(sk_live_… or sk_test_…) from Clerk's dashboard, API keys"
+            )
         settings = load_settings()
         retry = RetryPolicy(
             max_attempts=settings.clerk_max_attempts, max_elapsed=settings.clerk_retry_seconds
         )
         with ClerkClient(
-            self.secret_key, self.api_url, retry=retry, logger=logger or dg.get_dagster_logger()
+            self.secret_key,
+            self.api_url,
+            retry=retry,
+            logger=logger or dg.get_dagster_logger(),
+            rate_limit=self.rate_limit,
         ) as client:
             yield client
 
@@ -45,8 +60,12 @@ def resources_from_environment() -> dict[str, dg.ConfigurableResource]:
     """Resources wired to environment variables with ``EnvVar``, so secrets never show in the UI."""
     return {
         "clerk": ClerkResource(
-            secret_key=dg.EnvVar("CLERK_SECRET_KEY"),
+            # Unset, the step fails with our message naming the variable instead of a config error.
+            secret_key=dg.EnvVar("CLERK_SECRET_KEY") if is_set("CLERK_SECRET_KEY") else "",
             api_url=dg.EnvVar("CLERK_API_URL") if is_set("CLERK_API_URL") else DEFAULT_CLERK_API_URL,
+            rate_limit=(
+                dg.EnvVar.int("ORGSYNC_CLERK_RATE_LIMIT") if is_set("ORGSYNC_CLERK_RATE_LIMIT") else None
+            ),
         ),
         "postgres": PostgresResource(
             database_url=dg.EnvVar("DATABASE_URL") if is_set("DATABASE_URL") else ""

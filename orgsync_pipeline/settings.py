@@ -12,9 +12,14 @@ DEFAULT_FULL_SYNC_CRON = "0 * * * *"
 DEFAULT_MAX_DELETE_FRACTION = 0.2
 DEFAULT_CLERK_MAX_ATTEMPTS = 8
 DEFAULT_CLERK_RETRY_SECONDS = 300.0
+DEFAULT_SYNC_RATE_PER_MINUTE = 6
 DEFAULT_WEBHOOK_SENSOR_INTERVAL = 5
 DEFAULT_WEBHOOK_MAX_ATTEMPTS = 8
 DEFAULT_WEBHOOK_BATCH_SIZE = 500
+WEBHOOK_APPLY_MODES = ("inline", "sensor")
+DEFAULT_WEBHOOK_BACKSTOP_SECONDS = 30.0
+
+LOG_FORMATS = ("text", "json")
 
 APP_ROLES = ("owner", "admin", "member", "viewer")
 DEFAULT_ROLE_MAP: dict[str, str] = {
@@ -62,11 +67,21 @@ class Settings:
     full_sync_cron: str = DEFAULT_FULL_SYNC_CRON
     clerk_max_attempts: int = DEFAULT_CLERK_MAX_ATTEMPTS
     clerk_retry_seconds: float = DEFAULT_CLERK_RETRY_SECONDS
+    # Requests per 10 s for the whole process; None: Clerk's limit for the key (sk_live_ 1,000, else 100).
+    clerk_rate_limit: int | None = None
+    # On-demand sync (POST /sync/…): session-token verification, per-user limit, browser origins.
+    clerk_jwt_key: str | None = None
+    authorized_parties: tuple[str, ...] = ()
+    sync_rate_per_minute: int = DEFAULT_SYNC_RATE_PER_MINUTE
+    cors_origins: tuple[str, ...] = ()
     webhook_secret: Secret | None = None
     webhook_sensor_interval: int = DEFAULT_WEBHOOK_SENSOR_INTERVAL
     webhook_max_attempts: int = DEFAULT_WEBHOOK_MAX_ATTEMPTS
     webhook_batch_size: int = DEFAULT_WEBHOOK_BATCH_SIZE
+    webhook_apply: str = "inline"
+    webhook_backstop_seconds: float = DEFAULT_WEBHOOK_BACKSTOP_SECONDS
     home: Path = Path(".orgsync")
+    log_format: str = "text"
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +102,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         clerk_retry_seconds=_number(
             env, "ORGSYNC_CLERK_RETRY_SECONDS", DEFAULT_CLERK_RETRY_SECONDS, minimum=0
         ),
+        clerk_rate_limit=_optional_count(env, "ORGSYNC_CLERK_RATE_LIMIT"),
+        # A PEM in one environment line often has its newlines written as \n.
+        clerk_jwt_key=(env.get("CLERK_JWT_KEY") or "").replace("\\n", "\n").strip() or None,
+        authorized_parties=_csv(env, "ORGSYNC_AUTHORIZED_PARTIES"),
+        sync_rate_per_minute=int(
+            _number(env, "ORGSYNC_SYNC_RATE_PER_MINUTE", DEFAULT_SYNC_RATE_PER_MINUTE, minimum=1)
+        ),
+        cors_origins=_csv(env, "ORGSYNC_CORS_ORIGINS"),
         # CLERK_WEBHOOK_SIGNING_SECRET is the name Clerk's docs use now; both are accepted.
         webhook_secret=_secret(env, "CLERK_WEBHOOK_SECRET") or _secret(env, "CLERK_WEBHOOK_SIGNING_SECRET"),
         webhook_sensor_interval=int(
@@ -98,7 +121,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         webhook_batch_size=int(
             _number(env, "ORGSYNC_WEBHOOK_BATCH_SIZE", DEFAULT_WEBHOOK_BATCH_SIZE, minimum=1)
         ),
+        webhook_apply=_webhook_apply_mode(env.get("ORGSYNC_WEBHOOK_APPLY")),
+        webhook_backstop_seconds=_number(
+            env, "ORGSYNC_WEBHOOK_BACKSTOP_SECONDS", DEFAULT_WEBHOOK_BACKSTOP_SECONDS, minimum=0
+        ),
         home=Path(env.get("ORGSYNC_HOME") or ".orgsync").absolute(),
+        log_format=_log_format(env.get("ORGSYNC_LOG_FORMAT")),
     )
 
 
@@ -127,9 +155,41 @@ def parse_role_map(raw: str | None) -> dict[str, str]:
     return role_map
 
 
+def _webhook_apply_mode(raw: str | None) -> str:
+    mode = (raw or "inline").strip().lower()
+    if mode not in WEBHOOK_APPLY_MODES:
+        raise SettingsError(
+            f"ORGSYNC_WEBHOOK_APPLY must be inline (the receiver applies events itself) or sensor "
+            f"(every write inside a Dagster run), got {raw!r}"
+        )
+    return mode
+
+
+def _log_format(raw: str | None) -> str:
+    log_format = (raw or "text").strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise SettingsError(f"ORGSYNC_LOG_FORMAT must be text or json, got {raw!r}")
+    return log_format
+
+
 def _secret(env: Mapping[str, str], name: str) -> Secret | None:
     value = env.get(name)
     return Secret(value) if value else None
+
+
+def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list; origins lose a trailing slash (browsers send none)."""
+    return tuple(item.strip().rstrip("/") for item in (env.get(name) or "").split(",") if item.strip())
+
+
+def _optional_count(env: Mapping[str, str], name: str) -> int | None:
+    """A positive whole number, or None when unset."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.isdecimal() or int(raw) < 1:
+        raise SettingsError(f"{name} must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
 
 
 def _number(

@@ -6,13 +6,13 @@ delivers it again later and nothing is lost.
 """
 
 import base64
+import dataclasses
 import functools
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -25,10 +25,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from svix.webhooks import Webhook, WebhookVerificationError
 
+from orgsync_pipeline import webhook_request
+from orgsync_pipeline.apply_worker import ApplyWorker
 from orgsync_pipeline.events import HANDLED_EVENTS
+from orgsync_pipeline.receiver_metrics import instrument
 from orgsync_pipeline.settings import Settings, SettingsError, load_settings
 from orgsync_pipeline.store import inbox
 from orgsync_pipeline.store.database import configured_database_url, engine_for
+from orgsync_pipeline.sync_api import sync_routes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,54 +80,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
     verifier = _verifier(settings.webhook_secret.reveal())
     database = InboxDatabase(settings)
+    # Inline mode: this process applies what it commits; sensor mode leaves it to Dagster runs.
+    worker = ApplyWorker(database.engine, settings) if settings.webhook_apply == "inline" else None
 
     async def receive_clerk_event(request: Request) -> JSONResponse:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return _reject(413, f"body over {MAX_BODY_BYTES} bytes")
-        body = await _read_body(request, MAX_BODY_BYTES)
-        if body is None:
-            return _reject(413, f"body over {MAX_BODY_BYTES} bytes")
-
-        headers = {name: request.headers[name] for name in SVIX_HEADERS if name in request.headers}
-        missing = [name for name in SVIX_HEADERS if name not in headers]
-        if missing:
-            return _reject(400, f"missing {', '.join(missing)} header")
-        try:
-            verifier.verify(body, headers)
-        except WebhookVerificationError as exc:
-            return _reject(401, f"signature not verified: {exc}")
-        except Exception:  # svix raises binascii.Error/ValueError on garbage signature headers
-            return _reject(400, "malformed svix-signature or svix-timestamp header")
-
-        try:
-            event = json.loads(body)
-        except ValueError:
-            return _reject(400, "body is not JSON")
-        if not (
-            isinstance(event, dict)
-            and isinstance(event.get("type"), str)
-            and isinstance(event.get("data"), dict)
-        ):
-            return _reject(400, "body is not a Clerk event (needs a string type and an object data)")
-
-        try:
-            stored = await _within(DATABASE_TIMEOUT_SECONDS, database.store, headers["svix-id"], event)
-        except sa.exc.DataError as exc:
-            return _reject(400, f"event cannot be stored: {exc.orig}")
-        except (sa.exc.SQLAlchemyError, TimeoutError) as exc:
-            log.warning(
-                "inbox unavailable, asking Svix to retry %s: %s", headers["svix-id"], type(exc).__name__
-            )
-            return JSONResponse(
-                {"error": "inbox database unavailable; retry later"},
-                status_code=503,
-                headers={"Retry-After": RETRY_AFTER_SECONDS},
-            )
-        status = (
-            "duplicate" if stored.duplicate else ("stored" if event["type"] in HANDLED_EVENTS else "ignored")
-        )
-        return JSONResponse({"status": status, "inbox_id": stored.inbox_id})
+        return await _receive_clerk_event(request, verifier, database, worker)
 
     async def healthz(request: Request) -> JSONResponse:
         try:
@@ -132,17 +93,111 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    return Starlette(
+    app = Starlette(
+        lifespan=_apply_worker_lifespan(worker),
         routes=[
             Route("/webhooks/clerk", receive_clerk_event, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
-        ]
+            *sync_routes(settings, database.engine),  # POST /sync/me, /sync/organizations/{id}
+        ],
     )
+    return instrument(app, database.engine)  # GET /metrics, and the measuring middleware
 
 
-def serve(host: str, port: int) -> None:
-    """Run the receiver under uvicorn until interrupted."""
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+async def _receive_clerk_event(
+    request: Request, verifier: Webhook, database: InboxDatabase, worker: ApplyWorker | None
+) -> JSONResponse:
+    """Verify one delivery, commit it to the inbox, answer, and wake the inline apply worker."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return _reject(413, f"body over {MAX_BODY_BYTES} bytes")
+    body = await _read_body(request, MAX_BODY_BYTES)
+    if body is None:
+        return _reject(413, f"body over {MAX_BODY_BYTES} bytes")
+
+    checked = _verified_event(request, body, verifier)
+    if isinstance(checked, JSONResponse):
+        return checked
+    headers, event = checked
+    try:
+        stored = await _within(DATABASE_TIMEOUT_SECONDS, database.store, headers["svix-id"], event)
+    except sa.exc.DataError as exc:
+        log.warning(
+            "event %s cannot be stored: %s", webhook_request.clip(headers["svix-id"]), type(exc).__name__
+        )
+        return _reject(400, "event holds values the database cannot store")
+    except (sa.exc.SQLAlchemyError, TimeoutError) as exc:
+        log.warning(
+            "inbox unavailable, asking Svix to retry %s: %s",
+            webhook_request.clip(headers["svix-id"]),
+            type(exc).__name__,
+        )
+        return JSONResponse(
+            {"error": "inbox database unavailable; retry later"},
+            status_code=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        )
+    status = "duplicate" if stored.duplicate else ("stored" if event["type"] in HANDLED_EVENTS else "ignored")
+    if worker is not None and status != "ignored":
+        worker.wake()
+    return JSONResponse({"status": status, "inbox_id": stored.inbox_id})
+
+
+def _verified_event(
+    request: Request, body: bytes, verifier: Webhook
+) -> tuple[dict[str, str], dict[str, Any]] | JSONResponse:
+    """The Svix headers and the Clerk event of a delivery whose signature holds, or the 4xx answer."""
+    headers = {name: request.headers[name] for name in SVIX_HEADERS if name in request.headers}
+    missing = [name for name in SVIX_HEADERS if name not in headers]
+    if missing:
+        return _reject(400, f"missing {', '.join(missing)} header")
+    try:
+        webhook_request.check_svix_id(headers["svix-id"])
+        text = webhook_request.decode_body(body)
+    except webhook_request.BadRequest as exc:
+        return _reject(400, str(exc))
+    try:
+        verifier.verify(text, headers)
+    except WebhookVerificationError as exc:
+        return _reject(401, f"signature not verified: {exc}")
+    except Exception:  # svix raises binascii.Error/ValueError on garbage signature headers
+        return _reject(400, "malformed svix-signature or svix-timestamp header")
+
+    try:
+        event = webhook_request.parse_event(text)
+    except webhook_request.BadRequest as exc:
+        return _reject(400, str(exc))
+    return headers, event
+
+
+def serve(host: str, port: int, apply: str | None = None) -> None:
+    """Run the receiver under uvicorn until interrupted; ``apply`` ("inline" or "sensor") overrides
+    ``ORGSYNC_WEBHOOK_APPLY``."""
+    settings = load_settings()
+    if apply is not None:
+        settings = dataclasses.replace(settings, webhook_apply=apply)
+    app = create_app(settings)
+    log.info("receiving Clerk webhooks at http://%s:%s/webhooks/clerk (also /healthz, /metrics)", host, port)
+    # log_config=None: uvicorn logs through the handlers the orgsync command configured.
+    uvicorn.run(app, host=host, port=port, log_config=None)
+
+
+def _apply_worker_lifespan(
+    worker: ApplyWorker | None,
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """Start the inline apply worker with the app and stop it (after its batch in hand) on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if worker is not None:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await anyio.to_thread.run_sync(worker.stop)
+
+    return lifespan
 
 
 @contextmanager

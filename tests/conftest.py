@@ -7,6 +7,7 @@ emulator of each test listens on the session's fixed port.
 """
 
 import base64
+import dataclasses
 import json
 import os
 import socket
@@ -125,6 +126,16 @@ def webhook_secret(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def receiver(database_url: str, webhook_secret: str) -> Iterator[Receiver]:
-    """``orgsync serve-webhooks``'s app under uvicorn, on a free loopback port, on the test's schema."""
-    with serve_in_thread(create_app(load_settings())) as url:
+    """``orgsync serve-webhooks --apply sensor``'s app under uvicorn, on a free loopback port, on the
+    test's schema: it only stores events, which stay pending for the sensor's apply runs."""
+    settings = dataclasses.replace(load_settings(), webhook_apply="sensor")
+    with serve_in_thread(create_app(settings)) as url:
+        yield Receiver(url, webhook_secret)
+
+
+@pytest.fixture
+def inline_receiver(database_url: str, webhook_secret: str) -> Iterator[Receiver]:
+    """``orgsync serve-webhooks``'s app in its default inline mode: it also applies what it stores."""
+    settings = dataclasses.replace(load_settings(), webhook_apply="inline")
+    with serve_in_thread(create_app(settings)) as url:
         yield Receiver(url, webhook_secret)

