@@ -1,21 +1,98 @@
 """One asset per synced table; each runs the full sync of its table from Clerk."""
 
-import dagster as dg
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import Field
+from sqlalchemy.engine import Engine
+
+from orgsync_pipeline.clerk.client import ClerkClient
 from orgsync_pipeline.failures import step_failures
 from orgsync_pipeline.resources import ClerkResource, PostgresResource
-from orgsync_pipeline.settings import load_settings
-from orgsync_pipeline.store import sync_runs
-from orgsync_pipeline.sync import sync_memberships, sync_organizations, sync_profiles
+from orgsync_pipeline.settings import Settings, load_settings
+from orgsync_pipeline.store import schema, sync_runs
+from orgsync_pipeline.sync import Log, SyncReport, sync_memberships, sync_organizations, sync_profiles
 
 GROUP = "clerk"
 WEBHOOK_GROUP = "clerk_webhooks"
 KINDS = {"postgres", "python"}
+OWNERS = ["team:data-platform"]
+TAGS = {"domain": "identity", "source": "clerk"}
+# Fits the hourly default schedule: a table not synced for two hours is late (one missed run warns).
+FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2), warn_window=timedelta(minutes=75))
+
+SyncTable = Callable[[Engine, ClerkClient, Settings, Log], SyncReport]
 
 
-@dg.asset(key="organizations", group_name=GROUP, kinds=KINDS)
+class FullSyncConfig(dg.Config):
+    """Choices for one full-sync run, set in the launchpad."""
+
+    max_delete_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="For this run only: the largest share of the table this sync may delete (0 to 1). "
+        "Unset: ORGSYNC_MAX_DELETE_FRACTION (default 0.2). Raise it once when Clerk really lost rows.",
+    )
+
+
+def _column_schema(table: sa.Table) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(column.name, str(column.type).lower(), description=column.comment)
+            for column in table.columns
+        ]
+    )
+
+
+def _table_asset(
+    table: sa.Table, deps: Sequence[dg.AssetsDefinition] = ()
+) -> Callable[..., dg.AssetsDefinition]:
+    """The asset decorator every synced table shares: group, owners, tags, freshness, column schema."""
+    return dg.asset(
+        key=table.name,
+        group_name=GROUP,
+        kinds=KINDS,
+        owners=OWNERS,
+        tags=TAGS,
+        freshness_policy=FRESHNESS,
+        metadata={"dagster/column_schema": _column_schema(table), "dagster/table_name": table.name},
+        deps=deps,
+    )
+
+
+def _sync_table(
+    context: dg.AssetExecutionContext,
+    config: FullSyncConfig,
+    clerk: ClerkResource,
+    postgres: PostgresResource,
+    table: sa.Table,
+    sync: SyncTable,
+) -> dg.MaterializeResult:
+    """Run one table's full sync, recorded in ``sync_runs``; failures become one-line step failures."""
+    settings = load_settings()
+    if config.max_delete_fraction is not None:
+        settings = dataclasses.replace(settings, max_delete_fraction=config.max_delete_fraction)
+    with step_failures(), sync_runs.recorded(postgres.engine(), table.name, context.run.run_id) as run:
+        with clerk.client() as client:
+            report = sync(run.engine, client, settings, context.log)
+        run.counts = report.metadata()
+        with run.engine.connect() as conn:
+            rows = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+    return dg.MaterializeResult(
+        metadata={**report.metadata(), "dagster/row_count": rows, "dagster/table_name": table.name}
+    )
+
+
+@_table_asset(schema.organizations)
 def organizations(
-    context: dg.AssetExecutionContext, clerk: ClerkResource, postgres: PostgresResource
+    context: dg.AssetExecutionContext,
+    config: FullSyncConfig,
+    clerk: ClerkResource,
+    postgres: PostgresResource,
 ) -> dg.MaterializeResult:
     """Clerk organizations in the `organizations` table.
 
@@ -23,32 +100,30 @@ def organizations(
     changed rows, quarantines invalid ones in `sync_quarantine`, and soft-deletes (`deleted_at`)
     organizations Clerk confirms are gone, together with their memberships.
     """
-    with step_failures(), sync_runs.recorded(postgres.engine(), "organizations", context.run.run_id) as run:
-        with clerk.client() as client:
-            report = sync_organizations(run.engine, client, load_settings(), context.log)
-        run.counts = report.metadata()
-    return dg.MaterializeResult(metadata=report.metadata())
+    return _sync_table(context, config, clerk, postgres, schema.organizations, sync_organizations)
 
 
-@dg.asset(key="profiles", group_name=GROUP, kinds=KINDS)
+@_table_asset(schema.profiles)
 def profiles(
-    context: dg.AssetExecutionContext, clerk: ClerkResource, postgres: PostgresResource
+    context: dg.AssetExecutionContext,
+    config: FullSyncConfig,
+    clerk: ClerkResource,
+    postgres: PostgresResource,
 ) -> dg.MaterializeResult:
     """Clerk users in the `profiles` table (primary email, names, image).
 
     Lists every user (`GET /users`, 500 per page), validates, upserts the changed rows,
     quarantines invalid ones, and soft-deletes users Clerk confirms are gone, with their memberships.
     """
-    with step_failures(), sync_runs.recorded(postgres.engine(), "profiles", context.run.run_id) as run:
-        with clerk.client() as client:
-            report = sync_profiles(run.engine, client, load_settings(), context.log)
-        run.counts = report.metadata()
-    return dg.MaterializeResult(metadata=report.metadata())
+    return _sync_table(context, config, clerk, postgres, schema.profiles, sync_profiles)
 
 
-@dg.asset(key="organization_members", group_name=GROUP, kinds=KINDS, deps=[organizations, profiles])
+@_table_asset(schema.organization_members, deps=[organizations, profiles])
 def organization_members(
-    context: dg.AssetExecutionContext, clerk: ClerkResource, postgres: PostgresResource
+    context: dg.AssetExecutionContext,
+    config: FullSyncConfig,
+    clerk: ClerkResource,
+    postgres: PostgresResource,
 ) -> dg.MaterializeResult:
     """Clerk organization memberships in the `organization_members` table, with app roles.
 
@@ -57,12 +132,7 @@ def organization_members(
     each membership's organization and a profile stub for users the user listing missed, then
     deletes memberships Clerk confirms are gone.
     """
-    table = "organization_members"
-    with step_failures(), sync_runs.recorded(postgres.engine(), table, context.run.run_id) as run:
-        with clerk.client() as client:
-            report = sync_memberships(run.engine, client, load_settings(), context.log)
-        run.counts = report.metadata()
-    return dg.MaterializeResult(metadata=report.metadata())
+    return _sync_table(context, config, clerk, postgres, schema.organization_members, sync_memberships)
 
 
 full_sync_assets = [organizations, profiles, organization_members]

@@ -303,8 +303,8 @@ def check_deletion_share(table: str, candidates: int, live: int, max_fraction: f
             f"refusing to delete {candidates} of {live} live rows of {table} "
             f"({candidates / live:.0%}): ORGSYNC_MAX_DELETE_FRACTION allows {max_fraction:.0%}. "
             "An empty or much smaller listing usually means CLERK_SECRET_KEY points at the wrong "
-            "Clerk instance. If Clerk really lost these rows, raise ORGSYNC_MAX_DELETE_FRACTION "
-            "for one run."
+            "Clerk instance. If Clerk really lost these rows, launch one run with max_delete_fraction "
+            "raised in its run config (launchpad), or raise ORGSYNC_MAX_DELETE_FRACTION."
         )
 
 

@@ -52,6 +52,16 @@ def test_assets_job_and_schedule() -> None:
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
+@pytest.mark.parametrize("table", ["organizations", "profiles", "organization_members"])
+def test_synced_tables_are_described_in_the_catalog(table: str) -> None:
+    """Each synced table carries its owner, a freshness expectation and its column schema."""
+    node = defs.resolve_asset_graph().get(dg.AssetKey(table))
+    assert node.owners == ["team:data-platform"]
+    assert node.freshness_policy is not None
+    columns = {column.name for column in node.metadata["dagster/column_schema"].columns}
+    assert {"id", "synced_at"} <= columns
+
+
 def test_full_sync_cron_is_configurable() -> None:
     """ORGSYNC_FULL_SYNC_CRON overrides the schedule's cron."""
     env = {**os.environ, "ORGSYNC_FULL_SYNC_CRON": "*/15 * * * *"}

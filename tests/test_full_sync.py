@@ -320,6 +320,23 @@ def test_empty_instance_is_refused(seeded: ClerkEmulator, engine: Engine) -> Non
         )
 
 
+def test_run_config_raises_the_delete_limit_for_one_run(seeded: ClerkEmulator, engine: Engine) -> None:
+    """The guard refuses deleting 3 of 5 organizations; one run launched with max_delete_fraction
+    raised in its run config deletes them, and the next run is back to the configured limit."""
+    assert run_full_sync().success
+    for org_id in list(seeded.organizations)[:3]:
+        seeded.delete_organization(org_id)
+    assert not run_full_sync().success
+    assert len(live_orgs(engine)) == 5
+
+    raised = {"ops": {"organizations": {"config": {"max_delete_fraction": 0.6}}}}
+    result = run_full_sync(run_config=raised, asset_selection=[dg.AssetKey("organizations")])
+
+    assert result.success
+    assert set(live_orgs(engine)) == set(seeded.organizations)
+    assert metadata(result, "organizations")["dagster/row_count"] == 5
+
+
 def test_member_missing_from_user_listing_gets_a_profile_and_is_kept(
     seeded: ClerkEmulator, engine: Engine
 ) -> None:
