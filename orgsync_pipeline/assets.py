@@ -71,7 +71,7 @@ def _sync_table(
     postgres: PostgresResource,
     table: sa.Table,
     sync: SyncTable,
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[None]:
     """Run one table's full sync, recorded in ``sync_runs``; failures become one-line step failures."""
     settings = load_settings()
     if config.max_delete_fraction is not None:
@@ -93,7 +93,7 @@ def organizations(
     config: FullSyncConfig,
     clerk: ClerkResource,
     postgres: PostgresResource,
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[None]:
     """Clerk organizations in the `organizations` table.
 
     Lists every organization (`GET /organizations`, 500 per page), validates it, upserts the
@@ -109,7 +109,7 @@ def profiles(
     config: FullSyncConfig,
     clerk: ClerkResource,
     postgres: PostgresResource,
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[None]:
     """Clerk users in the `profiles` table (primary email, names, image).
 
     Lists every user (`GET /users`, 500 per page), validates, upserts the changed rows,
@@ -124,7 +124,7 @@ def organization_members(
     config: FullSyncConfig,
     clerk: ClerkResource,
     postgres: PostgresResource,
-) -> dg.MaterializeResult:
+) -> dg.MaterializeResult[None]:
     """Clerk organization memberships in the `organization_members` table, with app roles.
 
     Lists every membership instance-wide (`GET /organization_memberships`), maps Clerk role keys to

@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     raise_on_sigterm()
     try:
         _configure_logging(args)
-        return args.run(args)
+        exit_code: int = args.run(args)
+        return exit_code
     except KeyboardInterrupt:
         if args.command in SERVER_COMMANDS:
             return exit_codes.OK

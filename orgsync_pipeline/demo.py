@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -23,6 +23,9 @@ from orgsync_pipeline.lifecycle import embedded_server_running, run_supervised, 
 from orgsync_pipeline.settings import is_set, load_settings
 from orgsync_pipeline.store.database import configured_database_url, embedded_database_url, engine_for
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles, sync_quarantine
+
+if TYPE_CHECKING:  # dagster is imported where it is used: the demo prints its first lines sooner
+    import dagster as dg
 
 DEMO_DATABASE = "orgsync_demo"
 # Fixed seed: the same sample ids every time, so repeated demos update rows instead of replacing them.
@@ -111,13 +114,13 @@ def run_demo(out: Print = print) -> int:
         for event in result.get_asset_materialization_events():
             metadata = {key: value.value for key, value in event.materialization.metadata.items()}
             out(
-                f"  {event.asset_key.to_user_string():<21} fetched {metadata['rows_fetched']:>3}, "
+                f"  {_asset_name(event.asset_key):<21} fetched {metadata['rows_fetched']:>3}, "
                 f"inserted {metadata['rows_inserted']}, updated {metadata['rows_updated']}, "
                 f"deleted {metadata['rows_deleted']}, quarantined {metadata['rows_quarantined']}"
             )
         _print_tables(out, database_url)
 
-        if not _demo_webhook(emulator, database_url, defs, instance, quiet, out):
+        if not _demo_webhook(emulator, database_url, instance, out):
             return 1
         if not _demo_on_demand(emulator, out):
             return 1
@@ -125,9 +128,11 @@ def run_demo(out: Print = print) -> int:
     return 0
 
 
-def _demo_webhook(
-    emulator: ClerkEmulator, database_url: str, defs: Any, instance: Any, run_config: dict, out: Print
-) -> bool:
+def _asset_name(key: "dg.AssetKey | None") -> str:
+    return key.to_user_string() if key is not None else "?"
+
+
+def _demo_webhook(emulator: ClerkEmulator, database_url: str, instance: Any, out: Print) -> bool:
     """A change in Clerk arriving by webhook: signed delivery → receiver → inbox → inline apply, then
     the sensor reporting the receiver's writes to Dagster."""
     import dagster as dg

@@ -44,7 +44,7 @@ def run_supervised(command: list[str]) -> int:
         raise
 
 
-def stop_process_group(child: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
+def stop_process_group(child: subprocess.Popen[bytes], grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGINT to the group leader (dagster dev shuts its services down on it), then SIGKILL to
     whatever of its group remains after it exits or after ``grace`` seconds."""
     try:

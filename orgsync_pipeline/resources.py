@@ -3,6 +3,7 @@
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -13,7 +14,7 @@ from orgsync_pipeline.settings import DEFAULT_CLERK_API_URL, SettingsError, is_s
 from orgsync_pipeline.store.database import engine_for, resolve_database_url
 
 
-class ClerkResource(dg.ConfigurableResource):
+class ClerkResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """Clerk's Backend API, authenticated with the instance's secret key."""
 
     secret_key: str
@@ -46,7 +47,7 @@ class ClerkResource(dg.ConfigurableResource):
             yield client
 
 
-class PostgresResource(dg.ConfigurableResource):
+class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """The application's PostgreSQL database; the embedded server when no URL is configured."""
 
     database_url: str = ""
@@ -56,7 +57,7 @@ class PostgresResource(dg.ConfigurableResource):
         return engine_for(resolve_database_url(self.database_url or None, load_settings().home))
 
 
-def resources_from_environment() -> dict[str, dg.ConfigurableResource]:
+def resources_from_environment() -> dict[str, dg.ConfigurableResource[Any]]:
     """Resources wired to environment variables with ``EnvVar``, so secrets never show in the UI."""
     return {
         "clerk": ClerkResource(

@@ -193,11 +193,13 @@ class ClerkClient:
 
     def get_organization(self, org_id: str) -> Json | None:
         """One organization by id (or slug); None when Clerk answers 404."""
-        return self._get(f"organizations/{_segment(org_id)}", {}, allow_404=True)
+        found: Json | None = self._get(f"organizations/{_segment(org_id)}", {}, allow_404=True)
+        return found
 
     def get_user(self, user_id: str) -> Json | None:
         """One user by id; None when Clerk answers 404."""
-        return self._get(f"users/{_segment(user_id)}", {}, allow_404=True)
+        found: Json | None = self._get(f"users/{_segment(user_id)}", {}, allow_404=True)
+        return found
 
     def list_user_memberships(self, user_id: str) -> list[Json] | None:
         """All memberships of one user (every page); None when the user is 404."""

@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import sqlalchemy as sa
 from psycopg import sql as psycopg_sql
 from sqlalchemy.engine import Engine, make_url
@@ -126,7 +127,7 @@ def create_database(server_url: sa.URL, database: str) -> None:
                 sa.select(pg_database.c.datname).where(pg_database.c.datname == database)
             ).first():
                 return
-            conn.connection.driver_connection.execute(
+            _driver(conn).execute(
                 psycopg_sql.SQL("CREATE DATABASE {}").format(psycopg_sql.Identifier(database))
             )
     finally:
@@ -188,7 +189,7 @@ def migrate(engine: Engine) -> list[str]:
                 with conn.begin():
                     # The raw driver runs a multi-statement file as one simple query, with no
                     # parameter parsing (the files contain literal '%' in format() calls).
-                    conn.connection.driver_connection.execute(migration.sql)
+                    _driver(conn).execute(migration.sql)
                     conn.execute(
                         sa.insert(_migrations_table).values(
                             version=migration.version, checksum=migration.checksum
@@ -208,3 +209,11 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+def _driver(conn: sa.Connection) -> "psycopg.Connection[object]":
+    """The psycopg connection under ``conn``, for what SQLAlchemy would parse: DDL files, CREATE DATABASE."""
+    driver = conn.connection.driver_connection
+    if not isinstance(driver, psycopg.Connection):
+        raise TypeError(f"orgsync needs the psycopg driver, got {type(driver).__name__}")
+    return driver

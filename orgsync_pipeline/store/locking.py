@@ -43,7 +43,7 @@ def in_write_turn(fn: Callable[Concatenate[Connection, P], T]) -> Callable[Conca
         take_write_turn(conn)
         return fn(conn, *args, **kwargs)
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]  # functools.wraps' _Wrapped is that callable
 
 
 MEMBERSHIP_ORDER = (organization_members.c.organization_id, organization_members.c.user_id)
@@ -52,7 +52,7 @@ QUARANTINE_ORDER = (sync_quarantine.c.entity, sync_quarantine.c.record_key)
 
 def lock_in_order(
     conn: Connection,
-    column: sa.Column,
+    column: sa.Column[Any],
     *where: sa.ColumnElement[bool],
     order_by: Sequence[sa.ColumnElement[Any]],
     no_key: bool = False,
@@ -69,7 +69,7 @@ def lock_in_order(
     return list(dict.fromkeys(conn.execute(statement).scalars()))
 
 
-def any_of(column: sa.Column, values: Sequence[Any]) -> sa.ColumnElement[bool]:
+def any_of(column: sa.Column[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
     """``column = ANY(:values)`` with the array typed after the column."""
     return column == sa.any_(sa.bindparam(None, list(values), type_=pg.ARRAY(column.type)))
 

@@ -62,7 +62,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def backoff_seconds(attempt: int) -> float:
     """Jittered exponential delay before retry ``attempt`` (1-based), at most ``MAX_DELAY_SECONDS``."""
-    return random.uniform(0.5, 1.0) * min(MAX_DELAY_SECONDS, BASE_DELAY_SECONDS * 2 ** (attempt - 1))
+    ceiling: float = min(MAX_DELAY_SECONDS, BASE_DELAY_SECONDS * 2.0 ** (attempt - 1))
+    return random.uniform(0.5, 1.0) * ceiling
 
 
 def run_in_transaction(

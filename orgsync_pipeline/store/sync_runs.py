@@ -60,11 +60,12 @@ def start(engine: Engine, table: str, run_id: str | None = None) -> int:
     if table not in TABLES:
         raise ValueError(f"sync_runs table must be one of {TABLES}, got {table!r}")
     with engine.begin() as conn:
-        return conn.execute(
+        run_id_of_row: int = conn.execute(
             sa.insert(sync_runs)
             .values(table_name=table, started_at=sa.func.clock_timestamp(), outcome="running", run_id=run_id)
             .returning(sync_runs.c.id)
         ).scalar_one()
+    return run_id_of_row
 
 
 def finish(
