@@ -82,6 +82,8 @@ class Settings:
     webhook_backstop_seconds: float = DEFAULT_WEBHOOK_BACKSTOP_SECONDS
     home: Path = Path(".orgsync")
     log_format: str = "text"
+    # Whether a job (or the receiver) applies pending migrations itself, or fails naming `orgsync migrate`.
+    auto_migrate: bool = True
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +129,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         home=Path(env.get("ORGSYNC_HOME") or ".orgsync").absolute(),
         log_format=_log_format(env.get("ORGSYNC_LOG_FORMAT")),
+        auto_migrate=parse_switch("ORGSYNC_AUTO_MIGRATE", env.get("ORGSYNC_AUTO_MIGRATE"), default=True),
     )
 
 
@@ -163,6 +166,18 @@ def _webhook_apply_mode(raw: str | None) -> str:
             f"(every write inside a Dagster run), got {raw!r}"
         )
     return mode
+
+
+def parse_switch(name: str, raw: str | None, *, default: bool) -> bool:
+    """An on/off setting: 1/true/yes/on or 0/false/no/off (any case); unset or empty: ``default``."""
+    value = (raw or "").strip().lower()
+    if not value:
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be on or off (1/0, true/false), got {raw!r}")
 
 
 def _log_format(raw: str | None) -> str:

@@ -9,7 +9,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from orgsync_pipeline.store.database import MIGRATION_LOCK_KEY, MigrationError, migrate, migrations
+from orgsync_pipeline.store.database import (
+    MIGRATION_LOCK_KEY,
+    MigrationError,
+    SchemaNotMigratedError,
+    ensure_schema,
+    migrate,
+    migrations,
+    pending_migrations,
+)
 
 VERSIONS = [
     "0001_sync_tables",
@@ -171,6 +179,21 @@ def test_fresh_schema_gets_every_migration(plain_engine: Engine) -> None:
             sa.text("SELECT orgsync_ms_to_timestamptz(1716883200123) = '2024-05-28 08:00:00.123+00'")
         ).scalar_one()
         assert converted is True
+
+
+def test_jobs_fail_naming_the_command_when_auto_migrate_is_off(plain_engine: Engine) -> None:
+    """With ORGSYNC_AUTO_MIGRATE off a job's schema check changes nothing and names `orgsync migrate`;
+    reading what is pending runs no DDL; with it on, the check migrates."""
+    assert pending_migrations(plain_engine) == VERSIONS
+    with pytest.raises(SchemaNotMigratedError, match="orgsync migrate"):
+        ensure_schema(plain_engine, auto_migrate=False)
+    with plain_engine.connect() as conn:
+        assert sa.inspect(conn).get_table_names() == []
+
+    ensure_schema(plain_engine, auto_migrate=True)
+
+    assert pending_migrations(plain_engine) == []
+    ensure_schema(plain_engine, auto_migrate=False)  # nothing pending: passes
 
 
 def test_second_migrate_applies_nothing_and_changes_nothing(plain_engine: Engine) -> None:

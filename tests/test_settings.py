@@ -194,3 +194,17 @@ def test_clerk_rate_limit_is_read_from_the_environment() -> None:
         assert client.limiter.limit == 200
     with ClerkResource(secret_key="sk_live_x", api_url=url).client() as client:
         assert client.limiter.limit == 1000
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(None, True), ("", True), ("off", False), ("0", False), ("ON", True)]
+)
+def test_auto_migrate_is_a_switch(raw: str | None, expected: bool) -> None:
+    """ORGSYNC_AUTO_MIGRATE defaults to on and reads on/off, 1/0, true/false."""
+    env = {} if raw is None else {"ORGSYNC_AUTO_MIGRATE": raw}
+    assert load_settings(env).auto_migrate is expected
+
+
+def test_auto_migrate_rejects_other_values() -> None:
+    with pytest.raises(SettingsError, match="ORGSYNC_AUTO_MIGRATE"):
+        load_settings({"ORGSYNC_AUTO_MIGRATE": "sometimes"})

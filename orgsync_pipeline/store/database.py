@@ -46,6 +46,10 @@ class MigrationError(RuntimeError):
     """The database's recorded migrations disagree with the files in ``sql/``."""
 
 
+class SchemaNotMigratedError(SettingsError):
+    """The database lacks migrations and this process may not apply them (``ORGSYNC_AUTO_MIGRATE=off``)."""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: str
@@ -203,12 +207,43 @@ def migrate(engine: Engine) -> list[str]:
     return applied
 
 
+def pending_migrations(engine: Engine) -> list[str]:
+    """The versions in ``sql/`` the database has not recorded yet (read only: no DDL)."""
+    with engine.connect() as conn:
+        recorded: set[str] = set()
+        if sa.inspect(conn).has_table(_migrations_table.name):
+            recorded = set(conn.execute(sa.select(_migrations_table.c.version)).scalars())
+    return [migration.version for migration in migrations() if migration.version not in recorded]
+
+
+_schema_ready: set[str] = set()
+
+
+def ensure_schema(engine: Engine, *, auto_migrate: bool) -> None:
+    """Make sure the database has every migration before a job or the receiver writes: apply the
+    missing ones when ``auto_migrate``, else fail naming the command to run. Checked once per
+    process and database; sensors and read-only commands never call it, so they never run DDL."""
+    key = engine.url.render_as_string(hide_password=True)
+    if key in _schema_ready:
+        return
+    pending = pending_migrations(engine)
+    if pending and not auto_migrate:
+        raise SchemaNotMigratedError(
+            f"the database lacks migration(s) {', '.join(pending)}: run `orgsync migrate` with the same "
+            "DATABASE_URL (ORGSYNC_AUTO_MIGRATE is off, so jobs do not migrate by themselves)"
+        )
+    if pending:
+        migrate(engine)
+    _schema_ready.add(key)
+
+
 def dispose_engines() -> None:
     """Close every pooled connection this process holds (tests, and CLI commands on exit)."""
     with _engines_lock:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+        _schema_ready.clear()
 
 
 def _driver(conn: sa.Connection) -> "psycopg.Connection[object]":
