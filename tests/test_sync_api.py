@@ -21,8 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Engine
 
-from orgsync_pipeline.clerk.emulator import ClerkEmulator
-from orgsync_pipeline.clerk.emulator_tokens import SessionTokenMinter
+from orgsync_pipeline.clerk.emulator import ClerkEmulator, SessionTokenMinter
 from orgsync_pipeline.rows import MembershipRow, ProfileRow
 from orgsync_pipeline.settings import load_settings
 from orgsync_pipeline.store import apply
