@@ -4,7 +4,7 @@ deletes, millisecond timestamps. Each one emits Clerk's webhook event when an en
 import re
 from typing import Any
 
-from orgsync_pipeline.clerk.emulator.state import Json, _clone
+from orgsync_pipeline.clerk.emulator.state import Json, _clone, _clone_value
 from orgsync_pipeline.clerk.emulator.webhooks import WebhookSender
 
 _SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -37,7 +37,7 @@ class StateMutations(WebhookSender):
         name: str,
         slug: str | None = None,
         *,
-        public_metadata: dict | None = None,
+        public_metadata: Json | None = None,
         image_url: str | None = None,
     ) -> Json:
         """Create an organization; the slug defaults to a unique slug derived from the name."""
@@ -45,7 +45,7 @@ class StateMutations(WebhookSender):
             return _clone(self._add_organization(name, slug, public_metadata, image_url))
 
     def _add_organization(
-        self, name: str, slug: str | None, public_metadata: dict | None, image_url: str | None
+        self, name: str, slug: str | None, public_metadata: Json | None, image_url: str | None
     ) -> Json:
         if not name or not name.strip():
             raise ValueError("organization name must not be empty")
@@ -95,7 +95,7 @@ class StateMutations(WebhookSender):
                     org["image_url"] = value or _DEFAULT_ORG_IMAGE
                     org["has_image"] = value is not None
                 else:
-                    org[key] = _clone(value)
+                    org[key] = _clone_value(value)
             org["updated_at"] = self._tick()
             self._orgs.touch()
             if self._webhook_endpoints:
@@ -220,7 +220,7 @@ class StateMutations(WebhookSender):
                     user["image_url"] = user["profile_image_url"] = value or _DEFAULT_USER_IMAGE
                     user["has_image"] = value is not None
                 else:
-                    user[key] = _clone(value)
+                    user[key] = _clone_value(value)
             user["updated_at"] = now
             self._users.touch()
             if self._webhook_endpoints:

@@ -25,7 +25,7 @@ def _values(query: dict[str, list[str]], name: str) -> list[str]:
 
 
 def _flag(query: dict[str, list[str]], name: str) -> bool:
-    values = query.get(name)
+    values = query.get(name) or []
     return bool(values) and values[0].lower() in ("true", "1")
 
 

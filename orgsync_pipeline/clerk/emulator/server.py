@@ -99,7 +99,7 @@ class HttpApi(ApiRoutes, FaultInjection):
         if self._server is None:
             return None
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{API_PREFIX}"
+        return f"http://{host!s}:{port}{API_PREFIX}"
 
     def _track_connection(self, conn: socket.socket, *, add: bool) -> None:
         with self._lock:
