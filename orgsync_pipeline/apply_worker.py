@@ -6,6 +6,9 @@ claims in Clerk's order, a savepoint per event, retry/dead/quarantine rules, and
 per table touched, which ``clerk_webhook_sensor`` reports to Dagster. The HTTP answer never waits
 for it. Whatever it leaves behind (a crash, a database outage, a retry not yet due) is picked up
 on its next wake-up, by its periodic poll, or by the sensor's backstop run.
+
+The write path (validation with pandas and pandera) is imported by the worker's thread when it
+starts, not with this module, so that importing the receiver does not load it.
 """
 
 import logging
@@ -14,7 +17,6 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
-from orgsync_pipeline.events import apply_pending_events, is_transient
 from orgsync_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ class ApplyWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        from orgsync_pipeline.events import is_transient  # the write path: see the module's docstring
+
         backoff = ERROR_BACKOFF_SECONDS
         timeout = self._poll_seconds
         while not self._stopping.is_set():
@@ -90,6 +94,8 @@ class ApplyWorker:
 
     def _drain(self) -> bool:
         """Apply until the inbox has nothing claimable; True when another drain held the inbox."""
+        from orgsync_pipeline.events import apply_pending_events  # loaded once, by the first drain
+
         report = apply_pending_events(
             self._engine(),
             self._settings,

@@ -9,6 +9,8 @@ from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.client import ClerkClient
 from orgsync_pipeline.resources import ClerkResource, PostgresResource
+from orgsync_pipeline.rows import Entity
+from orgsync_pipeline.store.inbox import InboxStatus
 from orgsync_pipeline.store.schema import (
     organization_members,
     organizations,
@@ -29,7 +31,7 @@ def _markdown(header: list[str], rows: Sequence[Sequence[object]]) -> dg.Metadat
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def quarantine_check(asset: str, entity: str) -> dg.AssetChecksDefinition:
+def quarantine_check(asset: str, entity: Entity) -> dg.AssetChecksDefinition:
     """Passes when no `entity` record waits in `sync_quarantine`; shows a sample of reasons."""
 
     @dg.asset_check(
@@ -81,9 +83,9 @@ def parity_check(
 
 
 full_sync_checks = [
-    quarantine_check("organizations", "organization"),
-    quarantine_check("profiles", "profile"),
-    quarantine_check("organization_members", "membership"),
+    quarantine_check("organizations", Entity.ORGANIZATION),
+    quarantine_check("profiles", Entity.PROFILE),
+    quarantine_check("organization_members", Entity.MEMBERSHIP),
     parity_check("organizations", organizations, ClerkClient.count_organizations),
     parity_check("profiles", profiles, ClerkClient.count_users),
     parity_check("organization_members", organization_members, ClerkClient.count_memberships),
@@ -113,7 +115,7 @@ def dead_events_evaluation(engine: Engine) -> dg.AssetCheckEvaluation:
 def dead_events(engine: Engine) -> tuple[bool, dict[str, Any]]:
     """Whether no webhook event is dead, with their count and a sample (newest first)."""
     dead = sa.select(webhook_inbox.c.id, webhook_inbox.c.event_type, webhook_inbox.c.last_error).where(
-        webhook_inbox.c.status == "dead"
+        webhook_inbox.c.status == InboxStatus.DEAD
     )
     with engine.connect() as conn:
         count = conn.execute(sa.select(sa.func.count()).select_from(dead.subquery())).scalar_one()

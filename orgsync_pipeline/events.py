@@ -17,9 +17,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from orgsync_pipeline.event_types import HANDLED_EVENTS, EventAction, EventFamily, split_event_type
 from orgsync_pipeline.rows import MembershipKey, QuarantinedRecord
 from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import apply, inbox, write_log
+from orgsync_pipeline.store.inbox import HandledStatus, InboxStatus
 from orgsync_pipeline.validation import (
     MEMBERSHIP_ID,
     ORG_ID,
@@ -32,11 +34,6 @@ from orgsync_pipeline.validation import (
 )
 
 SOURCE = "webhook"
-HANDLED_EVENTS = frozenset(
-    f"{family}.{action}"
-    for family in ("organization", "user", "organizationMembership")
-    for action in ("created", "updated", "deleted")
-)
 # Any constant works; it keeps two apply runs from draining the inbox at the same time.
 APPLY_LOCK_KEY = 0x6F726773796E6301
 MAX_BATCHES_PER_RUN = 100
@@ -50,7 +47,7 @@ class EventShapeError(ValueError):
 
 @dataclass(frozen=True)
 class EventOutcome:
-    status: str  # applied | ignored
+    status: HandledStatus
     note: str | None = None
     quarantined: int = 0
     # Rows written per table (for the write log the sensor reports to Dagster).
@@ -61,7 +58,7 @@ class EventOutcome:
 class ApplyRunReport:
     """What one drain of the inbox did; becomes the apply run's materialization metadata."""
 
-    statuses: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[InboxStatus] = field(default_factory=Counter)
     quarantined: int = 0
     written: Counter[str] = field(default_factory=Counter)
     batches: int = 0
@@ -71,11 +68,11 @@ class ApplyRunReport:
 
     def metadata(self) -> dict[str, Any]:
         metadata: dict[str, Any] = {
-            "events_applied": self.statuses["applied"],
-            "events_ignored": self.statuses["ignored"],
-            "events_failed": self.statuses["failed"],
-            "events_dead": self.statuses["dead"],
-            "events_quarantined": self.statuses["quarantined"],
+            "events_applied": self.statuses[InboxStatus.APPLIED],
+            "events_ignored": self.statuses[InboxStatus.IGNORED],
+            "events_failed": self.statuses[InboxStatus.FAILED],
+            "events_dead": self.statuses[InboxStatus.DEAD],
+            "events_quarantined": self.statuses[InboxStatus.QUARANTINED],
             "records_quarantined": self.quarantined,
             "batches": self.batches,
             "duration_seconds": round(self.duration_seconds, 3),
@@ -100,27 +97,27 @@ def apply_event(
 ) -> EventOutcome:
     """Apply one Clerk event. Raises :class:`EventShapeError` when its payload is not usable."""
     if event_type not in HANDLED_EVENTS:
-        return EventOutcome("ignored", f"orgsync does not handle {event_type} events")
+        return EventOutcome(InboxStatus.IGNORED, f"orgsync does not handle {event_type} events")
     data = payload.get("data")
     if not isinstance(data, dict):
         raise EventShapeError(f"{event_type}: data is not a JSON object")
-    family, action = event_type.rsplit(".", 1)
-    if action == "deleted":
+    family, action = split_event_type(event_type)
+    if action is EventAction.DELETED:
         return _apply_deletion(conn, family, data, occurred_at)
-    if family == "organization":
+    if family is EventFamily.ORGANIZATION:
         organizations = validate_organizations([data])
         counts = apply.apply_organizations(conn, organizations.rows)
         apply.quarantine(conn, organizations.quarantined, source=SOURCE)
         if not organizations.rows:
             return _quarantined(organizations.quarantined)
-        return EventOutcome("applied", written={"organizations": counts.inserted + counts.updated})
-    if family == "user":
+        return EventOutcome(InboxStatus.APPLIED, written={"organizations": counts.inserted + counts.updated})
+    if family is EventFamily.USER:
         profiles = validate_profiles([data])
         counts = apply.apply_profiles(conn, profiles.rows)
         apply.quarantine(conn, profiles.quarantined, source=SOURCE)
         if not profiles.rows:
             return _quarantined(profiles.quarantined)
-        return EventOutcome("applied", written={"profiles": counts.inserted + counts.updated})
+        return EventOutcome(InboxStatus.APPLIED, written={"profiles": counts.inserted + counts.updated})
 
     memberships = validate_memberships([data], role_map)
     counts = apply.apply_memberships(
@@ -140,28 +137,28 @@ def apply_event(
         return _quarantined(memberships.quarantined)
     if counts.memberships.quarantined:
         return EventOutcome(
-            "ignored", "quarantined: the membership's organization does not exist", 1, written
+            InboxStatus.IGNORED, "quarantined: the membership's organization does not exist", 1, written
         )
     # The membership landed; its embedded organization may still have been quarantined.
-    return EventOutcome("applied", None, len(memberships.quarantined), written)
+    return EventOutcome(InboxStatus.APPLIED, None, len(memberships.quarantined), written)
 
 
 def _apply_deletion(
-    conn: sa.Connection, family: str, data: Mapping[str, Any], occurred_at: datetime
+    conn: sa.Connection, family: EventFamily, data: Mapping[str, Any], occurred_at: datetime
 ) -> EventOutcome:
-    if family == "organization":
+    if family is EventFamily.ORGANIZATION:
         ids = apply.delete_organizations(
             conn, [_deleted_id(data, ORG_ID)], as_of=occurred_at, record_unseen=True
         )
-        return EventOutcome("applied", written={"organizations": len(ids)})
-    if family == "user":
+        return EventOutcome(InboxStatus.APPLIED, written={"organizations": len(ids)})
+    if family is EventFamily.USER:
         ids = apply.delete_profiles(conn, [_deleted_id(data, USER_ID)], as_of=occurred_at, record_unseen=True)
-        return EventOutcome("applied", written={"profiles": len(ids)})
-    if family == "organizationMembership":
+        return EventOutcome(InboxStatus.APPLIED, written={"profiles": len(ids)})
+    if family is EventFamily.MEMBERSHIP:
         # The payload is the whole membership as it was; the deletion is at least as new as it.
         as_of = max(occurred_at, _ms_to_datetime(record_updated_at(data)))
         deleted = apply.delete_memberships(conn, [_membership_key(data)], as_of=as_of)
-        return EventOutcome("applied", written={"organization_members": deleted})
+        return EventOutcome(InboxStatus.APPLIED, written={"organization_members": deleted})
     raise EventShapeError(f"{family}.deleted: orgsync has no such table")
 
 
@@ -266,14 +263,14 @@ def _apply_one(
             status = inbox.mark_failed(conn, event, error, max_attempts=settings.webhook_max_attempts)
         else:
             inbox.mark_quarantined(conn, event, f"cannot apply: {error}")
-            status = "quarantined"
+            status = InboxStatus.QUARANTINED
         log.warning("webhook event %s (%s) %s: %s", event.id, event.event_type, status, error)
         report.statuses[status] += 1
         return None
 
 
 def _quarantined(records: list[QuarantinedRecord]) -> EventOutcome:
-    return EventOutcome("ignored", f"quarantined: {records[0].reason}", len(records))
+    return EventOutcome(InboxStatus.IGNORED, f"quarantined: {records[0].reason}", len(records))
 
 
 def _deleted_id(data: Mapping[str, Any], pattern: Any) -> str:

@@ -4,7 +4,16 @@ Timestamps stay Clerk's integer milliseconds until Postgres converts them, so th
 that decides "newer wins" is exact.
 """
 
+from enum import StrEnum
 from typing import Any, NamedTuple
+
+
+class Entity(StrEnum):
+    """A kind of synced record, as ``sync_quarantine.entity`` names it."""
+
+    ORGANIZATION = "organization"
+    PROFILE = "profile"
+    MEMBERSHIP = "membership"
 
 
 class OrganizationRow(NamedTuple):
@@ -44,7 +53,7 @@ class MembershipKey(NamedTuple):
 
 
 class QuarantinedRecord(NamedTuple):
-    entity: str  # organization | profile | membership | webhook_event
+    entity: Entity
     clerk_id: str | None
     reason: str
     payload: Any  # the record as received, JSON-serialisable

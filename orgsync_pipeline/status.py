@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from orgsync_pipeline.store import sync_runs
+from orgsync_pipeline.store.inbox import InboxStatus
 from orgsync_pipeline.store.schema import (
     membership_tombstones,
     organization_members,
@@ -23,7 +24,15 @@ from orgsync_pipeline.store.schema import (
 )
 
 SYNCED_TABLES = (organizations, profiles, organization_members)
-INBOX_STATUSES = ("pending", "failed", "dead", "quarantined", "applied", "ignored")
+# In the order status reports and /metrics show them.
+INBOX_STATUSES = (
+    InboxStatus.PENDING,
+    InboxStatus.FAILED,
+    InboxStatus.DEAD,
+    InboxStatus.QUARANTINED,
+    InboxStatus.APPLIED,
+    InboxStatus.IGNORED,
+)
 LAG_WINDOW = "1 hour"
 _WRITE_COUNTS = ("rows_inserted", "rows_updated", "rows_deleted")
 
@@ -55,15 +64,15 @@ class InboxHealth:
 
     @property
     def pending(self) -> int:
-        return self.by_status.get("pending", 0)
+        return self.by_status.get(InboxStatus.PENDING, 0)
 
     @property
     def failed(self) -> int:
-        return self.by_status.get("failed", 0)
+        return self.by_status.get(InboxStatus.FAILED, 0)
 
     @property
     def dead(self) -> int:
-        return self.by_status.get("dead", 0)
+        return self.by_status.get(InboxStatus.DEAD, 0)
 
 
 @dataclass(frozen=True)
@@ -168,7 +177,7 @@ def inbox_health(conn: Connection) -> InboxHealth:
     by_status = dict(conn.execute(sa.select(inbox.c.status, sa.func.count()).group_by(inbox.c.status)).all())
     oldest_age = conn.execute(
         sa.select(sa.func.extract("epoch", sa.func.now() - sa.func.min(inbox.c.received_at))).where(
-            inbox.c.status == "pending"
+            inbox.c.status == InboxStatus.PENDING
         )
     ).scalar_one()
     lag = sa.func.extract("epoch", inbox.c.applied_at - inbox.c.received_at)
@@ -179,7 +188,7 @@ def inbox_health(conn: Connection) -> InboxHealth:
             sa.func.percentile_cont(0.95).within_group(lag),
             sa.func.max(lag),
         ).where(
-            inbox.c.status == "applied",
+            inbox.c.status == InboxStatus.APPLIED,
             inbox.c.applied_at >= sa.func.now() - sa.cast(sa.literal(LAG_WINDOW), sa.Interval),
         )
     ).one()

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from orgsync_pipeline.clerk.client import ClerkClient
 from orgsync_pipeline.clerk.paging import run_concurrently
-from orgsync_pipeline.rows import MembershipKey
+from orgsync_pipeline.rows import Entity, MembershipKey
 from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.retry import run_in_transaction
@@ -123,7 +123,7 @@ def sync_organizations(
         log,
         lock_wait_seconds=lock_wait_seconds,
         table=organizations,
-        entity="organization",
+        entity=Entity.ORGANIZATION,
         pages=clerk.iter_organization_pages(),
         validate=validate_organizations,
         write=apply.apply_organizations,
@@ -147,7 +147,7 @@ def sync_profiles(
         log,
         lock_wait_seconds=lock_wait_seconds,
         table=profiles,
-        entity="profile",
+        entity=Entity.PROFILE,
         pages=clerk.iter_user_pages(),
         validate=validate_profiles,
         write=apply.apply_profiles,
@@ -177,7 +177,7 @@ def _sync_listed_table(
     log: Log,
     *,
     table: sa.Table,
-    entity: str,
+    entity: Entity,
     pages: Iterator[list[Any]],
     validate: Callable[[list[Any]], Validated],
     write: Callable[[Connection, Sequence[Any]], apply.ApplyCounts],
@@ -247,7 +247,7 @@ def _sync_memberships(engine: Engine, clerk: ClerkClient, settings: Settings, lo
             source=SOURCE,
         )
         apply.quarantine(conn, validated.quarantined, source=SOURCE)
-        apply.prune_quarantine(conn, "membership", not_seen_since=listing_started_at)
+        apply.prune_quarantine(conn, Entity.MEMBERSHIP, not_seen_since=listing_started_at)
         return counts
 
     counts = run_in_transaction(engine, write_listing, what="organization_members full sync")

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 import pandas as pd
 import pandera.pandas as pa
 
-from orgsync_pipeline.rows import MembershipRow, OrganizationRow, ProfileRow, QuarantinedRecord
+from orgsync_pipeline.rows import Entity, MembershipRow, OrganizationRow, ProfileRow, QuarantinedRecord
 
 # Clerk timestamps are milliseconds; these bounds (2001-09-09 … 2286-11-20) reject seconds.
 MIN_MS = 10**12
@@ -217,7 +217,7 @@ ORGANIZATION_SCHEMA = pa.DataFrameSchema(
         "created_at": _timestamp_column(),
         "updated_at": _timestamp_column(),
     },
-    name="organization",
+    name=Entity.ORGANIZATION,
 )
 
 PROFILE_SCHEMA = pa.DataFrameSchema(
@@ -237,7 +237,7 @@ PROFILE_SCHEMA = pa.DataFrameSchema(
         "created_at": _timestamp_column(),
         "updated_at": _timestamp_column(),
     },
-    name="profile",
+    name=Entity.PROFILE,
 )
 
 
@@ -270,16 +270,14 @@ def membership_schema(role_map: Mapping[str, str]) -> pa.DataFrameSchema:
             "updated_at": _timestamp_column(),
         },
         unique=["organization_id", "user_id"],
-        name="membership",
+        name=Entity.MEMBERSHIP,
     )
 
 
-def validate_organizations(
-    records: Sequence[Any], *, entity: str = "organization"
-) -> Validated[OrganizationRow]:
+def validate_organizations(records: Sequence[Any]) -> Validated[OrganizationRow]:
     """Split Clerk Organization objects into valid rows and quarantined records."""
     flat = [_flatten(record, _organization_fields) for record in records]
-    valid_index, quarantined = _run_schema(ORGANIZATION_SCHEMA, records, flat, entity)
+    valid_index, quarantined = _run_schema(ORGANIZATION_SCHEMA, records, flat, Entity.ORGANIZATION)
     rows = [
         OrganizationRow(
             id=flat[i]["id"],
@@ -298,7 +296,7 @@ def validate_organizations(
 def validate_profiles(records: Sequence[Any]) -> Validated[ProfileRow]:
     """Split Clerk User objects into valid profile rows and quarantined records."""
     flat = [_flatten(record, _profile_fields) for record in records]
-    valid_index, quarantined = _run_schema(PROFILE_SCHEMA, records, flat, "profile")
+    valid_index, quarantined = _run_schema(PROFILE_SCHEMA, records, flat, Entity.PROFILE)
     rows = [ProfileRow(**flat[i]) for i in valid_index]
     return Validated(rows, quarantined)
 
@@ -311,7 +309,7 @@ def validate_memberships(records: Sequence[Any], role_map: Mapping[str, str]) ->
     membership that references them.
     """
     flat = [_flatten(record, _membership_fields) for record in records]
-    valid_index, quarantined = _run_schema(membership_schema(role_map), records, flat, "membership")
+    valid_index, quarantined = _run_schema(membership_schema(role_map), records, flat, Entity.MEMBERSHIP)
     result = ValidatedMemberships(quarantined=quarantined)
     result.rows = [
         MembershipRow(
@@ -336,7 +334,7 @@ def validate_memberships(records: Sequence[Any], role_map: Mapping[str, str]) ->
             embedded[flat[i]["organization_id"]] = org
         if flat[i]["user_id"] not in stubs:
             stubs[flat[i]["user_id"]] = _profile_stub(record.get("public_user_data") or {})
-    orgs = validate_organizations(list(embedded.values()), entity="organization")
+    orgs = validate_organizations(list(embedded.values()))
     result.organizations = orgs.rows
     result.quarantined.extend(orgs.quarantined)
     result.profile_stubs = list(stubs.values())
@@ -447,7 +445,7 @@ def _run_schema(
     schema: pa.DataFrameSchema,
     records: Sequence[Any],
     flat: list[dict[str, Any] | None],
-    entity: str,
+    entity: Entity,
 ) -> tuple[list[int], list[QuarantinedRecord]]:
     """Validate ``flat`` with ``schema``; return the indexes of valid records and the quarantined ones."""
     reasons: dict[int, list[str]] = {

@@ -27,7 +27,7 @@ from svix.webhooks import Webhook, WebhookVerificationError
 
 from orgsync_pipeline import webhook_request
 from orgsync_pipeline.apply_worker import ApplyWorker
-from orgsync_pipeline.events import HANDLED_EVENTS
+from orgsync_pipeline.event_types import is_handled
 from orgsync_pipeline.receiver_metrics import instrument
 from orgsync_pipeline.settings import Settings, SettingsError, load_settings
 from orgsync_pipeline.store import inbox
@@ -62,7 +62,7 @@ class InboxDatabase:
     def store(self, svix_id: str, payload: dict) -> inbox.StoredEvent:
         with self.engine().begin() as conn:
             return inbox.store_event(
-                conn, svix_id=svix_id, payload=payload, handled=payload["type"] in HANDLED_EVENTS
+                conn, svix_id=svix_id, payload=payload, handled=is_handled(payload["type"])
             )
 
     def ping(self) -> None:
@@ -137,7 +137,7 @@ async def _receive_clerk_event(
             status_code=503,
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
-    status = "duplicate" if stored.duplicate else ("stored" if event["type"] in HANDLED_EVENTS else "ignored")
+    status = "duplicate" if stored.duplicate else ("stored" if is_handled(event["type"]) else "ignored")
     if worker is not None and status != "ignored":
         worker.wake()
     return JSONResponse({"status": status, "inbox_id": stored.inbox_id})

@@ -18,7 +18,7 @@ owns. The rules they enforce:
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
@@ -27,7 +27,14 @@ from psycopg import sql
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
-from orgsync_pipeline.rows import MembershipKey, MembershipRow, OrganizationRow, ProfileRow, QuarantinedRecord
+from orgsync_pipeline.rows import (
+    Entity,
+    MembershipKey,
+    MembershipRow,
+    OrganizationRow,
+    ProfileRow,
+    QuarantinedRecord,
+)
 from orgsync_pipeline.store.locking import (
     delete_memberships_where,
     delete_quarantined_where,
@@ -57,9 +64,6 @@ class ApplyCounts:
     updated: int = 0
     unchanged: int = 0
     quarantined: int = 0
-
-    def __add__(self, other: "ApplyCounts") -> "ApplyCounts":
-        return ApplyCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 @dataclass
@@ -216,7 +220,7 @@ def _merge_entity(
     return _merge(conn, target, ["id"], values, sa.select(), compared, received)
 
 
-def _release_quarantine(conn: Connection, entity: str, stage: sa.Table) -> None:
+def _release_quarantine(conn: Connection, entity: Entity, stage: sa.Table) -> None:
     """A record that validates now leaves the quarantine."""
     delete_quarantined_where(
         conn, sync_quarantine.c.entity == entity, sync_quarantine.c.clerk_id.in_(sa.select(stage.c.id))
@@ -237,7 +241,7 @@ def apply_organizations(conn: Connection, rows: Sequence[OrganizationRow]) -> Ap
     """Upsert validated organizations: inserts new ones, updates changed ones that are newer."""
     counts = _merge_organizations(conn, rows)
     if counts.received:
-        _release_quarantine(conn, "organization", _stage_organizations)
+        _release_quarantine(conn, Entity.ORGANIZATION, _stage_organizations)
     return counts
 
 
@@ -250,7 +254,7 @@ def apply_profiles(conn: Connection, rows: Sequence[ProfileRow]) -> ApplyCounts:
     _stage(conn, _stage_profiles, rows)
     content = ("email", "first_name", "last_name", "image_url")
     counts = _merge_entity(conn, profiles, _stage_profiles, content, len(rows))
-    _release_quarantine(conn, "profile", _stage_profiles)
+    _release_quarantine(conn, Entity.PROFILE, _stage_profiles)
     return counts
 
 
@@ -304,7 +308,7 @@ def apply_memberships(
     if rows:
         result.memberships = _merge_memberships(conn, rows, source=source)
     if result.organizations.received:
-        _release_quarantine(conn, "organization", _stage_organizations)
+        _release_quarantine(conn, Entity.ORGANIZATION, _stage_organizations)
     return result
 
 
@@ -346,7 +350,7 @@ def _merge_memberships(conn: Connection, rows: Sequence[MembershipRow], *, sourc
     counts.quarantined = quarantine(conn, quarantined, source=source)
     delete_quarantined_where(
         conn,
-        sync_quarantine.c.entity == "membership",
+        sync_quarantine.c.entity == Entity.MEMBERSHIP,
         sync_quarantine.c.clerk_id.in_(
             sa.select(organization_members.c.clerk_membership_id).where(
                 organization_members.c.clerk_membership_id.in_(sa.select(stage.c.id))
@@ -368,7 +372,7 @@ def _orphans(conn: Connection, stage: sa.Table) -> list[QuarantinedRecord]:
     ).all()
     return [
         QuarantinedRecord(
-            entity="membership",
+            entity=Entity.MEMBERSHIP,
             clerk_id=orphan.id,
             reason=(
                 f"organization {orphan.organization_id} or user {orphan.user_id} does not exist "
@@ -590,7 +594,7 @@ def quarantine(conn: Connection, records: Sequence[QuarantinedRecord], *, source
 
 
 @in_write_turn
-def prune_quarantine(conn: Connection, entity: str, *, not_seen_since: datetime) -> int:
+def prune_quarantine(conn: Connection, entity: Entity, *, not_seen_since: datetime) -> int:
     """After a complete listing: drop quarantined records of ``entity`` the listing no longer had."""
     return delete_quarantined_where(
         conn, sync_quarantine.c.entity == entity, sync_quarantine.c.last_seen_at < not_seen_since

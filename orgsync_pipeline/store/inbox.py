@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -13,6 +14,21 @@ from orgsync_pipeline.store.schema import webhook_inbox
 # Failed events wait 30 s, 1 min, 2 min, … (at most an hour) before the next attempt.
 RETRY_BASE = timedelta(seconds=30)
 RETRY_MAX = timedelta(hours=1)
+
+
+class InboxStatus(StrEnum):
+    """An inbox event's ``status`` column (the values are what the database holds)."""
+
+    PENDING = "pending"  # waits for an apply
+    APPLIED = "applied"
+    IGNORED = "ignored"  # a type orgsync does not handle, or every record in it quarantined
+    FAILED = "failed"  # a transient failure; retried at next_attempt_at
+    DEAD = "dead"  # failed max_attempts times; requeue_dead gives it a fresh start
+    QUARANTINED = "quarantined"  # can never apply (its payload is at fault)
+
+
+# What applying an event can conclude, recorded by mark_handled.
+HandledStatus = Literal[InboxStatus.APPLIED, InboxStatus.IGNORED]
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,7 @@ def store_event(conn: Connection, *, svix_id: str, payload: dict[str, Any], hand
             event_type=payload["type"],
             payload=payload,
             event_timestamp=event_time(payload),
-            status="pending" if handled else "ignored",
+            status=InboxStatus.PENDING if handled else InboxStatus.IGNORED,
             applied_at=None if handled else sa.func.now(),
         )
         .on_conflict_do_nothing(index_elements=[webhook_inbox.c.svix_id])
@@ -79,8 +95,10 @@ def store_event(conn: Connection, *, svix_id: str, payload: dict[str, Any], hand
 
 def _claimable() -> sa.ColumnElement[bool]:
     return sa.or_(
-        webhook_inbox.c.status == "pending",
-        sa.and_(webhook_inbox.c.status == "failed", webhook_inbox.c.next_attempt_at <= sa.func.now()),
+        webhook_inbox.c.status == InboxStatus.PENDING,
+        sa.and_(
+            webhook_inbox.c.status == InboxStatus.FAILED, webhook_inbox.c.next_attempt_at <= sa.func.now()
+        ),
     )
 
 
@@ -94,10 +112,12 @@ def claimable_summary(conn: Connection, *, pending_for: timedelta | None = None)
     if pending_for is not None:
         claimable = sa.or_(
             sa.and_(
-                webhook_inbox.c.status == "pending",
+                webhook_inbox.c.status == InboxStatus.PENDING,
                 webhook_inbox.c.received_at <= sa.func.now() - pending_for,
             ),
-            sa.and_(webhook_inbox.c.status == "failed", webhook_inbox.c.next_attempt_at <= sa.func.now()),
+            sa.and_(
+                webhook_inbox.c.status == InboxStatus.FAILED, webhook_inbox.c.next_attempt_at <= sa.func.now()
+            ),
         )
     row = conn.execute(
         sa.select(
@@ -130,7 +150,7 @@ def claim_batch(conn: Connection, limit: int) -> list[InboxEvent]:
     return [InboxEvent(*row) for row in rows]
 
 
-def mark_handled(conn: Connection, event_id: int, status: str, note: str | None = None) -> datetime:
+def mark_handled(conn: Connection, event_id: int, status: HandledStatus, note: str | None = None) -> datetime:
     """Record an event as applied or ignored; returns when (for lag)."""
     return conn.execute(
         sa.update(webhook_inbox)
@@ -153,7 +173,7 @@ def mark_quarantined(conn: Connection, event: InboxEvent, reason: str) -> None:
         sa.update(webhook_inbox)
         .where(webhook_inbox.c.id == event.id)
         .values(
-            status="quarantined",
+            status=InboxStatus.QUARANTINED,
             attempts=event.attempts + 1,
             last_error=reason,
             next_attempt_at=None,
@@ -162,29 +182,29 @@ def mark_quarantined(conn: Connection, event: InboxEvent, reason: str) -> None:
     )
 
 
-def mark_failed(conn: Connection, event: InboxEvent, error: str, *, max_attempts: int) -> str:
+def mark_failed(conn: Connection, event: InboxEvent, error: str, *, max_attempts: int) -> InboxStatus:
     """Record a failed attempt; the event is retried later with backoff, or is dead after
     ``max_attempts``. Returns the new status."""
     attempts = event.attempts + 1
-    dead = attempts >= max_attempts
+    status = InboxStatus.DEAD if attempts >= max_attempts else InboxStatus.FAILED
     delay = min(RETRY_MAX, RETRY_BASE * 2 ** (attempts - 1))
     conn.execute(
         sa.update(webhook_inbox)
         .where(webhook_inbox.c.id == event.id)
         .values(
-            status="dead" if dead else "failed",
+            status=status,
             attempts=attempts,
             last_error=error,
-            next_attempt_at=None if dead else sa.func.clock_timestamp() + delay,
+            next_attempt_at=None if status is InboxStatus.DEAD else sa.func.clock_timestamp() + delay,
         )
     )
-    return "dead" if dead else "failed"
+    return status
 
 
 def requeue_dead(conn: Connection) -> int:
     """Give dead events a fresh start (after the cause is fixed); returns how many."""
     return conn.execute(
         sa.update(webhook_inbox)
-        .where(webhook_inbox.c.status == "dead")
-        .values(status="pending", attempts=0, next_attempt_at=None)
+        .where(webhook_inbox.c.status == InboxStatus.DEAD)
+        .values(status=InboxStatus.PENDING, attempts=0, next_attempt_at=None)
     ).rowcount
