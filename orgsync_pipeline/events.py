@@ -5,11 +5,12 @@ the apply layer is: newer wins on Clerk's ``updated_at``, and a deletion (dated 
 timestamp) stands against anything not newer than it.
 """
 
+import dataclasses
 import logging
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +18,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from orgsync_pipeline.event_batches import apply_upserts_together
 from orgsync_pipeline.event_types import HANDLED_EVENTS, EventAction, EventFamily, split_event_type
 from orgsync_pipeline.rows import MembershipKey, QuarantinedRecord
 from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import apply, inbox, write_log
 from orgsync_pipeline.store.inbox import HandledStatus, InboxStatus
+from orgsync_pipeline.store.locking import drain_lock_key
 from orgsync_pipeline.validation import (
     MEMBERSHIP_ID,
     ORG_ID,
@@ -34,8 +37,6 @@ from orgsync_pipeline.validation import (
 )
 
 SOURCE = "webhook"
-# Any constant works; it keeps two apply runs from draining the inbox at the same time.
-APPLY_LOCK_KEY = 0x6F726773796E6301
 MAX_BATCHES_PER_RUN = 100
 
 Log = logging.Logger | logging.LoggerAdapter
@@ -185,7 +186,7 @@ def apply_pending_events(
     started = time.monotonic()
     report = ApplyRunReport()
     with engine.connect() as lock_conn:
-        if not lock_conn.execute(sa.select(sa.func.pg_try_advisory_lock(APPLY_LOCK_KEY))).scalar_one():
+        if not lock_conn.execute(sa.select(sa.func.pg_try_advisory_lock(*drain_lock_key()))).scalar_one():
             lock_conn.rollback()
             report.skipped_reason = "another apply holds the inbox"
             log.debug("Another apply is draining the inbox; nothing to do here.")
@@ -197,7 +198,7 @@ def apply_pending_events(
                 if not _apply_batch(engine, settings, report, log, size=size, write_path=write_path):
                     break
         finally:
-            lock_conn.execute(sa.select(sa.func.pg_advisory_unlock(APPLY_LOCK_KEY)))
+            lock_conn.execute(sa.select(sa.func.pg_advisory_unlock(*drain_lock_key())))
             lock_conn.commit()
     report.duration_seconds = time.monotonic() - started
     return report
@@ -222,15 +223,21 @@ def _apply_batch(
         if not events:
             return False
         report.batches += 1
+        together = _apply_together(conn, events, settings, log)
+        handled: list[tuple[inbox.InboxEvent, EventOutcome]] = []
         for event in events:
-            outcome = _apply_one(conn, event, settings, report, log)
-            if outcome is None:
-                continue
-            handled_at = inbox.mark_handled(conn, event.id, outcome.status, outcome.note)
+            outcome = together.get(event.id) or _apply_one(conn, event, settings, report, log)
+            if outcome is not None:
+                handled.append((event, outcome))
+        handled_at = inbox.mark_handled_many(
+            conn, [(event.id, outcome.status, outcome.note) for event, outcome in handled]
+        )
+        for event, outcome in handled:
             report.statuses[outcome.status] += 1
             report.quarantined += outcome.quarantined
             written.update(outcome.written)
-            lags.append((handled_at - event.received_at).total_seconds())
+            if handled_at is not None:
+                lags.append((handled_at - event.received_at).total_seconds())
         if write_path is not None:
             lag = max(lags, default=None)
             for table, rows in sorted(written.items()):
@@ -239,6 +246,33 @@ def _apply_batch(
     report.lags.extend(lags)
     log.info("applied a batch of %d webhook events", len(events))
     return True
+
+
+def _apply_together(
+    conn: sa.Connection, events: Sequence[inbox.InboxEvent], settings: Settings, log: Log
+) -> dict[int, EventOutcome]:
+    """The outcomes of the batch's created/updated events, merged set-based in a savepoint; empty
+    when that merge fails, so that the per-event path applies (and isolates) each event instead."""
+    try:
+        with conn.begin_nested():
+            result = apply_upserts_together(conn, events, settings.role_map)
+    except Exception as exc:  # rolled back; each event is then applied, and fails, on its own
+        log.info("batch merge fell back to one event at a time (%s)", type(exc).__name__)
+        return {}
+    outcomes = {
+        event_id: EventOutcome(InboxStatus.APPLIED)
+        if reason is None
+        else EventOutcome(InboxStatus.IGNORED, f"quarantined: {reason}", 1)
+        for event_id, reason in result.quarantined.items()
+    }
+    if outcomes:  # the batch's totals ride on one outcome, so the report and write log add up
+        first = next(iter(outcomes))
+        outcomes[first] = dataclasses.replace(
+            outcomes[first],
+            written=result.written,
+            quarantined=outcomes[first].quarantined + result.extra_quarantined,
+        )
+    return outcomes
 
 
 def _apply_one(

@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orgsync_pipeline.events import HANDLED_EVENTS
+from orgsync_pipeline.event_types import HANDLED_EVENTS
 from orgsync_pipeline.status import INBOX_STATUSES, inbox_health
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
-from orgsync_pipeline.events import APPLY_LOCK_KEY
 from orgsync_pipeline.resources import PostgresResource
 from orgsync_pipeline.sensors import clerk_webhook_sensor
 from orgsync_pipeline.settings import load_settings
+from orgsync_pipeline.store.locking import drain_lock_key
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles, webhook_inbox
 from orgsync_pipeline.store.write_log import write_log
 from orgsync_pipeline.webhooks import create_app, serve_in_thread
@@ -111,11 +111,11 @@ def test_a_receiver_stopped_before_applying_is_rescued_by_the_backstop(
     org = clerk.create_organization("Rescued")
     settings = dataclasses.replace(load_settings(), webhook_apply="inline")
     with engine.connect() as holder:
-        holder.execute(sa.select(sa.func.pg_advisory_lock(sa.literal(APPLY_LOCK_KEY, sa.BigInteger))))
+        holder.execute(sa.select(sa.func.pg_advisory_lock(*drain_lock_key())))
         with serve_in_thread(create_app(settings)) as url:
             response = Receiver(url, webhook_secret).post(clerk.event_envelope("organization.created", org))
             assert response.status_code == 200
-        holder.execute(sa.select(sa.func.pg_advisory_unlock(sa.literal(APPLY_LOCK_KEY, sa.BigInteger))))
+        holder.execute(sa.select(sa.func.pg_advisory_unlock(*drain_lock_key())))
         holder.commit()
     assert statuses(engine) == [("organization.created", "pending", 0)]
 

@@ -13,6 +13,7 @@ from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
 from orgsync_pipeline.events import apply_pending_events
 from orgsync_pipeline.settings import load_settings
+from orgsync_pipeline.store.locking import drain_lock_key
 from orgsync_pipeline.store.schema import (
     organization_members,
     organizations,
@@ -296,6 +297,28 @@ def test_invalid_payloads_are_quarantined(receiver: Receiver, clerk: ClerkEmulat
     assert run_metadata(result)["records_quarantined"] == 2
 
 
+def test_a_batch_lands_the_newest_payload_and_quarantines_only_the_bad_event(
+    receiver: Receiver, clerk: ClerkEmulator, engine: Engine
+) -> None:
+    """Sixty events merged as one batch: of three versions of one organization the newest lands
+    whatever the order, one invalid organization is quarantined alone, the rest land."""
+    orgs = [clerk.create_organization(f"Org {i}") for i in range(55)]
+    first = orgs[0]
+    second = clerk.update_organization(first["id"], name="Org 0 renamed")
+    third = clerk.update_organization(first["id"], name="Org 0 final")
+    broken = {**clerk.create_organization("Broken"), "created_at": 1716883200}  # seconds, not ms
+    for data in [third, *orgs[1:], broken, first, second]:
+        deliver(receiver, clerk, "organization.updated", data)
+
+    apply_events()
+
+    assert org_row(engine, first["id"]).name == "Org 0 final"
+    assert all(org_row(engine, org["id"]) is not None for org in orgs)
+    assert org_row(engine, broken["id"]) is None
+    statuses = [status for _, status in inbox_statuses(engine)]
+    assert statuses.count("applied") == 57 and statuses.count("ignored") == 1
+
+
 def test_a_transient_failure_is_retried_then_dead_and_fails_the_check(
     receiver: Receiver,
     clerk: ClerkEmulator,
@@ -388,9 +411,9 @@ def test_only_one_drain_at_a_time(receiver: Receiver, clerk: ClerkEmulator, engi
     """While another apply holds the inbox lock, a second one does nothing (and says so)."""
     deliver(receiver, clerk, "organization.created", clerk.create_organization("Acme"))
     with engine.connect() as holder:
-        holder.execute(sa.select(sa.func.pg_advisory_lock(sa.literal(0x6F726773796E6301, sa.BigInteger))))
+        holder.execute(sa.select(sa.func.pg_advisory_lock(*drain_lock_key())))
         report = apply_pending_events(engine, load_settings(), dg.get_dagster_logger())
-        holder.execute(sa.select(sa.func.pg_advisory_unlock(sa.literal(0x6F726773796E6301, sa.BigInteger))))
+        holder.execute(sa.select(sa.func.pg_advisory_unlock(*drain_lock_key())))
     assert report.skipped_reason
     assert inbox_statuses(engine) == [("organization.created", "pending")]
 

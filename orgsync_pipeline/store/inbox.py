@@ -1,5 +1,6 @@
 """The webhook inbox: the receiver's insert, the sensor's summary, the apply job's claims and marks."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -27,7 +28,7 @@ class InboxStatus(StrEnum):
     QUARANTINED = "quarantined"  # can never apply (its payload is at fault)
 
 
-# What applying an event can conclude, recorded by mark_handled.
+# What applying an event can conclude, recorded by mark_handled_many.
 HandledStatus = Literal[InboxStatus.APPLIED, InboxStatus.IGNORED]
 
 
@@ -150,20 +151,35 @@ def claim_batch(conn: Connection, limit: int) -> list[InboxEvent]:
     return [InboxEvent(*row) for row in rows]
 
 
-def mark_handled(conn: Connection, event_id: int, status: HandledStatus, note: str | None = None) -> datetime:
-    """Record an event as applied or ignored; returns when (for lag)."""
-    return conn.execute(
-        sa.update(webhook_inbox)
-        .where(webhook_inbox.c.id == event_id)
-        .values(
-            status=status,
-            attempts=webhook_inbox.c.attempts + 1,
-            last_error=note,
-            next_attempt_at=None,
-            applied_at=sa.func.clock_timestamp(),
+def mark_handled_many(
+    conn: Connection, handled: Sequence[tuple[int, HandledStatus, str | None]]
+) -> datetime | None:
+    """Record events ``(id, status, note)`` as applied or ignored, in one statement; returns when."""
+    if not handled:
+        return None
+    ids, statuses, notes = zip(*handled, strict=True)
+    rows = (
+        sa.func.unnest(
+            sa.bindparam(None, list(ids), type_=pg.ARRAY(sa.BigInteger)),
+            sa.bindparam(None, [str(status) for status in statuses], type_=pg.ARRAY(sa.Text)),
+            sa.bindparam(None, list(notes), type_=pg.ARRAY(sa.Text)),
         )
-        .returning(webhook_inbox.c.applied_at)
-    ).scalar_one()
+        .table_valued("id", "status", "note")
+        .render_derived()
+    )
+    applied_at: datetime = conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one()
+    conn.execute(
+        sa.update(webhook_inbox)
+        .where(webhook_inbox.c.id == rows.c.id)
+        .values(
+            status=rows.c.status,
+            attempts=webhook_inbox.c.attempts + 1,
+            last_error=rows.c.note,
+            next_attempt_at=None,
+            applied_at=applied_at,
+        )
+    )
+    return applied_at
 
 
 def mark_quarantined(conn: Connection, event: InboxEvent, reason: str) -> None:

@@ -29,6 +29,14 @@ T = TypeVar("T")
 WRITE_TURN_LOCK_CLASS = 0x6F726702  # with hashtext(current_schema()): one turn per schema
 
 
+DRAIN_LOCK_CLASS = 0x6F726701  # with hashtext(current_schema()): one inbox drain at a time per schema
+
+
+def drain_lock_key() -> tuple[sa.ColumnElement[int], sa.ColumnElement[int]]:
+    """The session-level advisory lock key that lets one apply drain the inbox at a time."""
+    return sa.cast(DRAIN_LOCK_CLASS, sa.Integer), sa.func.hashtext(sa.func.current_schema())
+
+
 def take_write_turn(conn: Connection) -> None:
     """Wait for the write turn; it is held until this transaction ends (taking it again is free)."""
     key = sa.func.hashtext(sa.func.current_schema())
