@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from orgsync_pipeline.rows import MembershipRow, OrganizationRow, ProfileRow
 from orgsync_pipeline.store.apply import apply_memberships, apply_organizations, apply_profiles
-from orgsync_pipeline.store.database import engine_for
+from orgsync_pipeline.store.database import migrated_engine_for
 
 T0 = 1716883200000  # 2024-05-28T08:00:00Z in Clerk's milliseconds
 MINUTE = 60_000
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> Section:
     started = time.perf_counter()
     server = server_url(args.database_url)
     with bench_schema(server) as url:
-        engine = engine_for(url)
+        engine = migrated_engine_for(url)
         pg_version = postgres_version(url)
         data_started = time.perf_counter()
         data = build_dataset(args.orgs, args.profiles, args.memberships, 2 * args.sample)

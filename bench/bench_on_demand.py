@@ -38,7 +38,7 @@ from common import (
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.settings import load_settings
-from orgsync_pipeline.store.database import engine_for
+from orgsync_pipeline.store.database import migrated_engine_for
 from orgsync_pipeline.store.schema import organization_members
 from orgsync_pipeline.webhooks import create_app, serve_in_thread
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> Section:
             ORGSYNC_WEBHOOK_APPLY="sensor",
             ORGSYNC_SYNC_RATE_PER_MINUTE="100000",
         )
-        engine = engine_for(database_url)
+        engine = migrated_engine_for(database_url)
 
         def count(org_id: str) -> int:
             with engine.connect() as conn:

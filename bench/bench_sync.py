@@ -48,7 +48,7 @@ from orgsync_pipeline import sync
 from orgsync_pipeline.clerk.client import PAGE_SIZE, ClerkClient
 from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import apply as apply_module
-from orgsync_pipeline.store.database import engine_for
+from orgsync_pipeline.store.database import migrated_engine_for
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles
 
 PHASES = ("listing (HTTP + JSON)", "validation", "apply", "reconcile deletions", "other")
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> Section:
     try:
         server = server_url(args.database_url)
         with bench_schema(server) as url, ClerkClient(emulator.secret_key, emulator.api_url) as clerk:
-            engine = engine_for(url)
+            engine = migrated_engine_for(url)
             pg_version = postgres_version(url)
             for sync_name in ("first sync", "no-change resync"):
                 for function, table in (

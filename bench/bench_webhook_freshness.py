@@ -40,7 +40,7 @@ from common import (
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.demo import DAGSTER_YAML
-from orgsync_pipeline.store.database import engine_for
+from orgsync_pipeline.store.database import migrated_engine_for
 from orgsync_pipeline.store.schema import organizations
 from orgsync_pipeline.webhooks import create_app, serve_in_thread
 
@@ -73,7 +73,7 @@ class Poller:
     """Notes when each organization id first appears in Postgres."""
 
     def __init__(self, url: str) -> None:
-        self.engine = engine_for(url)
+        self.engine = migrated_engine_for(url)
         self.seen: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

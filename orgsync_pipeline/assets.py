@@ -76,7 +76,10 @@ def _sync_table(
     settings = load_settings()
     if config.max_delete_fraction is not None:
         settings = dataclasses.replace(settings, max_delete_fraction=config.max_delete_fraction)
-    with step_failures(), sync_runs.recorded(postgres.engine(), table.name, context.run.run_id) as run:
+    with (
+        step_failures(),
+        sync_runs.recorded(postgres.migrated_engine(), table.name, context.run.run_id) as run,
+    ):
         with clerk.client() as client:
             report = sync(run.engine, client, settings, context.log)
         run.counts = report.metadata()

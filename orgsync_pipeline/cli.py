@@ -45,14 +45,14 @@ def serve_webhooks_command(args: argparse.Namespace) -> int:
 
 def requeue_dead_events_command(args: argparse.Namespace) -> int:
     """Give dead webhook events a fresh start, once the cause of their failure is fixed."""
-    from orgsync_pipeline.store.database import engine_for, resolve_database_url
+    from orgsync_pipeline.store.database import migrated_engine_for, resolve_database_url
     from orgsync_pipeline.store.inbox import requeue_dead
 
     settings = load_settings()
     url = resolve_database_url(
         settings.database_url.reveal() if settings.database_url else None, settings.home
     )
-    with engine_for(url).begin() as conn:
+    with migrated_engine_for(url, auto_migrate=settings.auto_migrate).begin() as conn:
         count = requeue_dead(conn)
     print(f"requeued {count} dead webhook events")
     return 0

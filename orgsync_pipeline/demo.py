@@ -21,7 +21,11 @@ import sqlalchemy as sa
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.lifecycle import embedded_server_running, run_supervised, stop_hint
 from orgsync_pipeline.settings import is_set, load_settings
-from orgsync_pipeline.store.database import configured_database_url, embedded_database_url, engine_for
+from orgsync_pipeline.store.database import (
+    configured_database_url,
+    embedded_database_url,
+    migrated_engine_for,
+)
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles, sync_quarantine
 
 if TYPE_CHECKING:  # dagster is imported where it is used: the demo prints its first lines sooner
@@ -219,7 +223,7 @@ def _wait_for_membership(database_url: str, org_id: str, user_id: str, timeout: 
         organization_members.c.organization_id == org_id, organization_members.c.user_id == user_id
     )
     deadline = time.monotonic() + timeout
-    with engine_for(database_url).connect() as conn:
+    with migrated_engine_for(database_url).connect() as conn:
         while time.monotonic() < deadline:
             if conn.execute(query).first() is not None:
                 return time.monotonic()
@@ -229,7 +233,7 @@ def _wait_for_membership(database_url: str, org_id: str, user_id: str, timeout: 
 
 
 def _print_tables(out: Print, database_url: str) -> None:
-    engine = engine_for(database_url)
+    engine = migrated_engine_for(database_url)
     members = (
         sa.select(
             organizations.c.name, organizations.c.slug, sa.func.count(organization_members.c.id).label("n")

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.client import ClerkClient, RetryPolicy
 from orgsync_pipeline.settings import DEFAULT_CLERK_API_URL, SettingsError, is_set, load_settings
-from orgsync_pipeline.store.database import engine_for, resolve_database_url
+from orgsync_pipeline.store.database import engine_for, migrated_engine_for, resolve_database_url
 
 
 class ClerkResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -51,10 +51,22 @@ class PostgresResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """The application's PostgreSQL database; the embedded server when no URL is configured."""
 
     database_url: str = ""
+    auto_migrate: bool = Field(
+        default=True,
+        description="Whether a job applies missing migrations itself before it writes "
+        "(ORGSYNC_AUTO_MIGRATE); off, it fails naming `orgsync migrate`.",
+    )
 
     def engine(self) -> Engine:
-        """A pooled engine for this process, with the migrations in ``sql/`` applied."""
-        return engine_for(resolve_database_url(self.database_url or None, load_settings().home))
+        """A pooled engine for this process; it runs no DDL (sensors and checks use it)."""
+        return engine_for(self._url())
+
+    def migrated_engine(self) -> Engine:
+        """The engine once the schema is current: a job's first step calls this before it writes."""
+        return migrated_engine_for(self._url(), auto_migrate=self.auto_migrate)
+
+    def _url(self) -> str:
+        return resolve_database_url(self.database_url or None, load_settings().home)
 
 
 def resources_from_environment() -> dict[str, dg.ConfigurableResource[Any]]:
@@ -69,6 +81,7 @@ def resources_from_environment() -> dict[str, dg.ConfigurableResource[Any]]:
             ),
         ),
         "postgres": PostgresResource(
-            database_url=dg.EnvVar("DATABASE_URL") if is_set("DATABASE_URL") else ""
+            database_url=dg.EnvVar("DATABASE_URL") if is_set("DATABASE_URL") else "",
+            auto_migrate=load_settings().auto_migrate,
         ),
     }

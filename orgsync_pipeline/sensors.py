@@ -15,6 +15,7 @@ from orgsync_pipeline.jobs import clerk_webhook_apply
 from orgsync_pipeline.resources import PostgresResource
 from orgsync_pipeline.settings import Settings, load_settings
 from orgsync_pipeline.store import write_log
+from orgsync_pipeline.store.database import schema_is_current
 from orgsync_pipeline.store.inbox import InboxSummary, claimable_summary
 
 IN_PROGRESS = [
@@ -45,7 +46,10 @@ def clerk_webhook_sensor(
     cursor naming the last batch reported) what is left to report."""
     settings = load_settings()
     previous = parse_cursor(context.cursor)
-    with postgres.engine().begin() as conn:
+    engine = postgres.engine()
+    if not schema_is_current(engine):  # a sensor never runs DDL
+        return dg.SkipReason("the database is not migrated yet: run `orgsync migrate` (or any orgsync job)")
+    with engine.begin() as conn:
         # The daemon stored the previous tick's cursor, so that tick's report reached Dagster.
         write_log.confirm_reported(conn, previous)
         batch = write_log.take_unreported(conn)

@@ -45,7 +45,7 @@ webhook_inbox = dg.AssetSpec(
 )
 def apply_webhook_events(context: dg.OpExecutionContext, postgres: PostgresResource) -> Iterator[Any]:
     """Drain the inbox; report each table written, observe the inbox, evaluate its dead-event check."""
-    engine = postgres.engine()
+    engine = postgres.migrated_engine()
     with step_failures():
         report = apply_pending_events(engine, load_settings(), context.log)
     summary = report.metadata()

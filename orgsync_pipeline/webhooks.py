@@ -31,7 +31,7 @@ from orgsync_pipeline.event_types import is_handled
 from orgsync_pipeline.receiver_metrics import instrument
 from orgsync_pipeline.settings import Settings, SettingsError, load_settings
 from orgsync_pipeline.store import inbox
-from orgsync_pipeline.store.database import configured_database_url, engine_for
+from orgsync_pipeline.store.database import configured_database_url, migrated_engine_for
 from orgsync_pipeline.sync_api import sync_routes
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,9 @@ class InboxDatabase:
     def engine(self) -> Engine:
         with self._lock:
             if self._engine is None:
-                self._engine = engine_for(configured_database_url(self._settings))
+                self._engine = migrated_engine_for(
+                    configured_database_url(self._settings), auto_migrate=self._settings.auto_migrate
+                )
             return self._engine
 
     def store(self, svix_id: str, payload: dict) -> inbox.StoredEvent:

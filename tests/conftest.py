@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from orgsync_pipeline.clerk.emulator import DEFAULT_SECRET_KEY, ClerkEmulator, svix_headers
 from orgsync_pipeline.settings import load_settings
-from orgsync_pipeline.store.database import dispose_engines, engine_for, normalize_url
+from orgsync_pipeline.store.database import dispose_engines, migrated_engine_for, normalize_url
 from orgsync_pipeline.webhooks import create_app, serve_in_thread
 
 
@@ -80,7 +80,7 @@ def database_url(server_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 @pytest.fixture
 def engine(database_url: str) -> Engine:
     """A migrated engine on the test's schema."""
-    return engine_for(database_url)
+    return migrated_engine_for(database_url)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from orgsync_pipeline.clerk.emulator import svix_headers as emulator_svix_headers
 from orgsync_pipeline.settings import SettingsError, load_settings
-from orgsync_pipeline.store.database import engine_for
+from orgsync_pipeline.store.database import migrated_engine_for
 from orgsync_pipeline.store.schema import webhook_inbox
 from orgsync_pipeline.webhooks import MAX_BODY_BYTES, create_app, serve_in_thread
 from tests.tcp_proxy import TcpProxy, proxy_for
@@ -110,7 +110,7 @@ def receiver_settings(database_url: str, tmp_path: Path, **env: str) -> dict[str
 
 def inbox_rows(database_url: str) -> list[dict[str, Any]]:
     """Every inbox row, oldest first (the schema is migrated first, so an empty inbox reads as [])."""
-    with engine_for(database_url).connect() as conn:
+    with migrated_engine_for(database_url).connect() as conn:
         rows = conn.execute(sa.select(webhook_inbox).order_by(webhook_inbox.c.id)).mappings().all()
     return [dict(row) for row in rows]
 
@@ -591,7 +591,7 @@ def proxied(database_url: str, secret: str, tmp_path: Path) -> Iterator[tuple[Sv
     processes may hold for a while: over 10 s that first request was a 503 (a flaky failure, not
     an outage). So the schema is migrated here first, and the test starts once /healthz is 200.
     """
-    engine_for(database_url)
+    migrated_engine_for(database_url)
     proxy, proxied_url = proxy_for(database_url)
     app = create_app(load_settings(receiver_settings(proxied_url, tmp_path, CLERK_WEBHOOK_SECRET=secret)))
     try:

@@ -118,3 +118,15 @@ def test_runs_by_default_at_a_short_interval() -> None:
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.minimum_interval_seconds == 5
     assert sensor.job_name == "clerk_webhook_apply"
+
+
+def test_the_sensor_never_runs_ddl(database_url: str) -> None:
+    """On a database nobody migrated yet, a tick skips naming `orgsync migrate` and creates nothing."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = evaluate(instance, database_url)
+
+    assert isinstance(result, dg.SkipReason) and "orgsync migrate" in (result.skip_message or "")
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        assert sa.inspect(conn).get_table_names() == []
+    engine.dispose()

@@ -154,16 +154,23 @@ def configured_database_url(settings: Settings) -> str:
 
 
 def engine_for(url: str) -> Engine:
-    """One migrated engine per database URL and process."""
+    """One pooled engine per database URL and process; it runs no migration (see
+    :func:`migrated_engine_for`), so sensors and read-only commands never run DDL."""
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
             engine = sa.create_engine(
                 url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=CONNECT_ARGS
             )
-            migrate(engine)
             _engines[url] = engine
         return engine
+
+
+def migrated_engine_for(url: str, *, auto_migrate: bool = True) -> Engine:
+    """The engine for ``url`` once its schema is current (:func:`ensure_schema`): for writers."""
+    engine = engine_for(url)
+    ensure_schema(engine, auto_migrate=auto_migrate)
+    return engine
 
 
 def migrate(engine: Engine) -> list[str]:
@@ -223,18 +230,24 @@ def ensure_schema(engine: Engine, *, auto_migrate: bool) -> None:
     """Make sure the database has every migration before a job or the receiver writes: apply the
     missing ones when ``auto_migrate``, else fail naming the command to run. Checked once per
     process and database; sensors and read-only commands never call it, so they never run DDL."""
-    key = engine.url.render_as_string(hide_password=True)
-    if key in _schema_ready:
+    if schema_is_current(engine):
         return
     pending = pending_migrations(engine)
-    if pending and not auto_migrate:
+    if not auto_migrate:
         raise SchemaNotMigratedError(
             f"the database lacks migration(s) {', '.join(pending)}: run `orgsync migrate` with the same "
             "DATABASE_URL (ORGSYNC_AUTO_MIGRATE is off, so jobs do not migrate by themselves)"
         )
-    if pending:
-        migrate(engine)
-    _schema_ready.add(key)
+    migrate(engine)
+    _schema_ready.add(engine.url.render_as_string(hide_password=True))
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """Whether every migration in ``sql/`` is applied (read only; remembered once true)."""
+    key = engine.url.render_as_string(hide_password=True)
+    if key not in _schema_ready and not pending_migrations(engine):
+        _schema_ready.add(key)
+    return key in _schema_ready
 
 
 def dispose_engines() -> None:
