@@ -39,7 +39,7 @@ from orgsync_pipeline.validation import (
 SOURCE = "webhook"
 MAX_BATCHES_PER_RUN = 100
 
-Log = logging.Logger | logging.LoggerAdapter
+Log = logging.Logger | logging.LoggerAdapter[Any]
 
 
 class EventShapeError(ValueError):
@@ -121,7 +121,7 @@ def apply_event(
         return EventOutcome(InboxStatus.APPLIED, written={"profiles": counts.inserted + counts.updated})
 
     memberships = validate_memberships([data], role_map)
-    counts = apply.apply_memberships(
+    membership_counts = apply.apply_memberships(
         conn,
         memberships.rows,
         organizations_first=memberships.organizations,
@@ -130,13 +130,14 @@ def apply_event(
     )
     apply.quarantine(conn, memberships.quarantined, source=SOURCE)
     written = {
-        "organizations": counts.organizations.inserted + counts.organizations.updated,
-        "profiles": counts.profile_stubs,
-        "organization_members": counts.memberships.inserted + counts.memberships.updated,
+        "organizations": membership_counts.organizations.inserted + membership_counts.organizations.updated,
+        "profiles": membership_counts.profile_stubs,
+        "organization_members": membership_counts.memberships.inserted
+        + membership_counts.memberships.updated,
     }
     if not memberships.rows:
         return _quarantined(memberships.quarantined)
-    if counts.memberships.quarantined:
+    if membership_counts.memberships.quarantined:
         return EventOutcome(
             InboxStatus.IGNORED, "quarantined: the membership's organization does not exist", 1, written
         )

@@ -8,6 +8,7 @@ on-demand syncs), read from ``write_log``, as materializations of the tables the
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -95,7 +96,7 @@ def _backstop(
 
 def materialization(report: write_log.WriteReport) -> dg.AssetMaterialization:
     """One table's writes through one path since the last tick, as a materialization."""
-    metadata: dict[str, object] = {
+    metadata: dict[str, dg.MetadataValue[Any] | str | int | float] = {
         "path": report.path,
         "rows_written": report.rows,
         "writes": report.writes,

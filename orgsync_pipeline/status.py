@@ -86,7 +86,7 @@ class Status:
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (times as ISO 8601 strings)."""
-        return _jsonable(
+        return _jsonable_dict(
             {
                 "generated_at": self.generated_at,
                 "tables": [asdict(table) for table in self.tables],
@@ -145,11 +145,12 @@ def _last_full_sync_write(conn: Connection, table: str) -> datetime | None:
     """When the latest successful full sync that changed rows of ``table`` finished."""
     runs = sync_runs.sync_runs
     changed = sa.or_(*(runs.c.counts[name].as_integer() > 0 for name in _WRITE_COUNTS))
-    return conn.execute(
+    finished_at: datetime | None = conn.execute(
         sa.select(sa.func.max(runs.c.finished_at)).where(
             runs.c.table_name == table, runs.c.outcome == "success", changed
         )
     ).scalar_one()
+    return finished_at
 
 
 def _last_logged_writes(conn: Connection) -> dict[str, dict[str, datetime]]:
@@ -174,7 +175,9 @@ def inbox_health(conn: Connection) -> InboxHealth:
     """Events per status, the oldest pending event's age, and apply lag (receipt → applied) over
     the last hour."""
     inbox = webhook_inbox
-    by_status = dict(conn.execute(sa.select(inbox.c.status, sa.func.count()).group_by(inbox.c.status)).all())
+    by_status: dict[str, int] = dict(
+        conn.execute(sa.select(inbox.c.status, sa.func.count()).group_by(inbox.c.status)).all()
+    )
     oldest_age = conn.execute(
         sa.select(sa.func.extract("epoch", sa.func.now() - sa.func.min(inbox.c.received_at))).where(
             inbox.c.status == InboxStatus.PENDING
@@ -269,6 +272,10 @@ def _seconds(value: float | None) -> str:
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _jsonable_dict(value: dict[str, Any]) -> dict[str, Any]:
+    return {key: _jsonable(item) for key, item in value.items()}
 
 
 def _jsonable(value: Any) -> Any:

@@ -43,7 +43,7 @@ FULL_SYNC_LOCK_CLASS = 0x6F726753
 FULL_SYNC_LOCK_WAIT_SECONDS = 60.0
 SKIPPED = "another clerk_full_sync is running"
 
-Log = logging.Logger | logging.LoggerAdapter
+Log = logging.Logger | logging.LoggerAdapter[Any]
 
 
 class DeletionGuardError(RuntimeError):
@@ -179,7 +179,7 @@ def _sync_listed_table(
     table: sa.Table,
     entity: Entity,
     pages: Iterator[list[Any]],
-    validate: Callable[[list[Any]], Validated],
+    validate: Callable[[list[Any]], Validated[Any]],
     write: Callable[[Connection, Sequence[Any]], apply.ApplyCounts],
     still_exists: Callable[[str], bool],
     delete: Callable[..., list[str]],
@@ -254,7 +254,7 @@ def _sync_memberships(engine: Engine, clerk: ClerkClient, settings: Settings, lo
     deleted = reconcile_memberships(
         engine,
         clerk,
-        seen_keys={pair for pair in map(membership_pair, records) if None not in pair},
+        seen_keys={key for key in map(_complete_pair, records) if key is not None},
         listing_started_at=listing_started_at,
         max_fraction=settings.max_delete_fraction,
         log=log,
@@ -274,6 +274,14 @@ def _sync_memberships(engine: Engine, clerk: ClerkClient, settings: Settings, lo
             + counts.organizations.updated,
         },
     )
+
+
+def _complete_pair(record: Any) -> tuple[str, str] | None:
+    """A raw membership's ``(organization id, user id)`` when both are usable ids, else None."""
+    organization_id, user_id = membership_pair(record)
+    if organization_id is None or user_id is None:
+        return None
+    return organization_id, user_id
 
 
 def collect_listing(pages: Iterable[list[Any]]) -> list[Any]:

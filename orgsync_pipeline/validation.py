@@ -277,18 +277,18 @@ def membership_schema(role_map: Mapping[str, str]) -> pa.DataFrameSchema:
 def validate_organizations(records: Sequence[Any]) -> Validated[OrganizationRow]:
     """Split Clerk Organization objects into valid rows and quarantined records."""
     flat = [_flatten(record, _organization_fields) for record in records]
-    valid_index, quarantined = _run_schema(ORGANIZATION_SCHEMA, records, flat, Entity.ORGANIZATION)
+    valid, quarantined = _run_schema(ORGANIZATION_SCHEMA, records, flat, Entity.ORGANIZATION)
     rows = [
         OrganizationRow(
-            id=flat[i]["id"],
-            name=flat[i]["name"],
-            slug=flat[i]["slug"],
-            image_url=flat[i]["image_url"],
-            public_metadata=json.dumps(flat[i]["public_metadata"], separators=(",", ":")),
-            created_at=flat[i]["created_at"],
-            updated_at=flat[i]["updated_at"],
+            id=row["id"],
+            name=row["name"],
+            slug=row["slug"],
+            image_url=row["image_url"],
+            public_metadata=json.dumps(row["public_metadata"], separators=(",", ":")),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
         )
-        for i in valid_index
+        for row in valid.values()
     ]
     return Validated(rows, quarantined)
 
@@ -296,8 +296,8 @@ def validate_organizations(records: Sequence[Any]) -> Validated[OrganizationRow]
 def validate_profiles(records: Sequence[Any]) -> Validated[ProfileRow]:
     """Split Clerk User objects into valid profile rows and quarantined records."""
     flat = [_flatten(record, _profile_fields) for record in records]
-    valid_index, quarantined = _run_schema(PROFILE_SCHEMA, records, flat, Entity.PROFILE)
-    rows = [ProfileRow(**flat[i]) for i in valid_index]
+    valid, quarantined = _run_schema(PROFILE_SCHEMA, records, flat, Entity.PROFILE)
+    rows = [ProfileRow(**row) for row in valid.values()]
     return Validated(rows, quarantined)
 
 
@@ -309,31 +309,31 @@ def validate_memberships(records: Sequence[Any], role_map: Mapping[str, str]) ->
     membership that references them.
     """
     flat = [_flatten(record, _membership_fields) for record in records]
-    valid_index, quarantined = _run_schema(membership_schema(role_map), records, flat, Entity.MEMBERSHIP)
+    valid, quarantined = _run_schema(membership_schema(role_map), records, flat, Entity.MEMBERSHIP)
     result = ValidatedMemberships(quarantined=quarantined)
     result.rows = [
         MembershipRow(
-            id=flat[i]["id"],
-            organization_id=flat[i]["organization_id"],
-            user_id=flat[i]["user_id"],
-            role=role_map[flat[i]["clerk_role"]],
-            clerk_role=flat[i]["clerk_role"],
-            created_at=flat[i]["created_at"],
-            updated_at=flat[i]["updated_at"],
+            id=row["id"],
+            organization_id=row["organization_id"],
+            user_id=row["user_id"],
+            role=role_map[row["clerk_role"]],
+            clerk_role=row["clerk_role"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
         )
-        for i in valid_index
+        for row in valid.values()
     ]
 
     embedded: dict[str, Any] = {}
     stubs: dict[str, ProfileRow] = {}
-    for i in valid_index:
+    for i, row in valid.items():
         record = records[i]
         org = record.get("organization")
-        current = embedded.get(flat[i]["organization_id"])
+        current = embedded.get(row["organization_id"])
         if current is None or record_updated_at(org) > record_updated_at(current):
-            embedded[flat[i]["organization_id"]] = org
-        if flat[i]["user_id"] not in stubs:
-            stubs[flat[i]["user_id"]] = _profile_stub(record.get("public_user_data") or {})
+            embedded[row["organization_id"]] = org
+        if row["user_id"] not in stubs:
+            stubs[row["user_id"]] = _profile_stub(record.get("public_user_data") or {})
     orgs = validate_organizations(list(embedded.values()))
     result.organizations = orgs.rows
     result.quarantined.extend(orgs.quarantined)
@@ -421,10 +421,10 @@ def primary_email(user: Mapping[str, Any]) -> str | None:
 
 
 def _profile_stub(user: Mapping[str, Any]) -> ProfileRow:
-    identifier = user.get("identifier")
+    identifier = _text_or_none(user.get("identifier"))
     return ProfileRow(
         id=user["user_id"],
-        email=identifier if _text_or_none(identifier) and "@" in identifier else None,
+        email=identifier if identifier and "@" in identifier else None,
         first_name=_text_or_none(user.get("first_name")),
         last_name=_text_or_none(user.get("last_name")),
         image_url=_text_or_none(user.get("image_url")),
@@ -446,8 +446,9 @@ def _run_schema(
     records: Sequence[Any],
     flat: list[dict[str, Any] | None],
     entity: Entity,
-) -> tuple[list[int], list[QuarantinedRecord]]:
-    """Validate ``flat`` with ``schema``; return the indexes of valid records and the quarantined ones."""
+) -> tuple[dict[int, dict[str, Any]], list[QuarantinedRecord]]:
+    """Validate ``flat`` with ``schema``; return the valid flattened records by index (in order) and
+    the quarantined ones."""
     reasons: dict[int, list[str]] = {
         i: ["record is not a JSON object"] if row is None else problems
         for i, row in enumerate(flat)
@@ -455,12 +456,13 @@ def _run_schema(
     }
     # A record PostgreSQL could not store stays out of the frame: pandera would choke on its unhashable
     # values, and one such value in a batch's COPY would fail the whole batch.
-    frame_index = [i for i in range(len(flat)) if i not in reasons]
+    frame_rows = {i: row for i, row in enumerate(flat) if i not in reasons and row is not None}
+    frame_index = list(frame_rows)
     if frame_index:
         # dtype=object keeps each value as received: one null or float timestamp must not turn a whole
         # column into floats and fail its valid neighbours.
         frame = pd.DataFrame(
-            [flat[i] for i in frame_index], index=frame_index, columns=list(schema.columns), dtype=object
+            list(frame_rows.values()), index=frame_index, columns=list(schema.columns), dtype=object
         )
         try:
             schema.validate(frame, lazy=True)
@@ -468,7 +470,7 @@ def _run_schema(
             for case in exc.failure_cases.itertuples(index=False):
                 if pd.isna(case.index):
                     raise  # a schema-level failure (not about one record) is a bug, not bad data
-                key = {name: flat[int(case.index)][name] for name in schema.unique or ()}
+                key = {name: frame_rows[int(case.index)][name] for name in schema.unique or ()}
                 reason = _reason(case.column, case.check, case.failure_case, key)
                 reasons.setdefault(int(case.index), []).append(reason)
     quarantined = [
@@ -480,7 +482,7 @@ def _run_schema(
         )
         for i in sorted(reasons)
     ]
-    return [i for i in frame_index if i not in reasons], quarantined
+    return {i: row for i, row in frame_rows.items() if i not in reasons}, quarantined
 
 
 def _storage_problems(row: dict[str, Any] | None) -> list[str]:

@@ -61,7 +61,7 @@ class InboxDatabase:
                 )
             return self._engine
 
-    def store(self, svix_id: str, payload: dict) -> inbox.StoredEvent:
+    def store(self, svix_id: str, payload: dict[str, Any]) -> inbox.StoredEvent:
         with self.engine().begin() as conn:
             return inbox.store_event(
                 conn, svix_id=svix_id, payload=payload, handled=is_handled(payload["type"])

@@ -1,4 +1,5 @@
-"""THE write path: the only code that writes synced rows, tombstones and quarantine.
+"""THE write path: the only code that writes synced rows, tombstones and quarantine (deletions
+live in :mod:`orgsync_pipeline.store.deletes` and are re-exported here).
 
 The full sync and webhook events both call these functions, inside a transaction the caller
 owns. The rules they enforce:
@@ -20,7 +21,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from psycopg import sql
@@ -29,18 +30,13 @@ from sqlalchemy.engine import Connection
 
 from orgsync_pipeline.rows import (
     Entity,
-    MembershipKey,
     MembershipRow,
     OrganizationRow,
     ProfileRow,
     QuarantinedRecord,
 )
-from orgsync_pipeline.store.locking import (
-    delete_memberships_where,
-    delete_quarantined_where,
-    in_write_turn,
-    lock_in_order,
-)
+from orgsync_pipeline.store.deletes import delete_memberships, delete_organizations, delete_profiles
+from orgsync_pipeline.store.locking import delete_quarantined_where, in_write_turn
 from orgsync_pipeline.store.schema import (
     ORG_ROLE,
     membership_tombstones,
@@ -52,6 +48,21 @@ from orgsync_pipeline.store.schema import (
 from orgsync_pipeline.validation import storable_id, storable_json, storable_text
 
 RowT = TypeVar("RowT", OrganizationRow, ProfileRow, MembershipRow)
+
+# The deletion functions live in store.deletes; they stay importable from here.
+__all__ = [
+    "ApplyCounts",
+    "MembershipApplyCounts",
+    "apply_memberships",
+    "apply_organizations",
+    "apply_profiles",
+    "delete_memberships",
+    "delete_organizations",
+    "delete_profiles",
+    "insert_profile_stubs",
+    "prune_quarantine",
+    "quarantine",
+]
 
 
 @dataclass
@@ -78,7 +89,7 @@ class MembershipApplyCounts:
 _stage_metadata = sa.MetaData()
 
 
-def _stage_table(name: str, *columns: sa.Column) -> sa.Table:
+def _stage_table(name: str, *columns: sa.Column[Any]) -> sa.Table:
     return sa.Table(name, _stage_metadata, *columns, prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
 
 
@@ -118,17 +129,15 @@ def _ms_to_timestamptz(column: sa.ColumnElement[int]) -> sa.ColumnElement[dateti
     return sa.func.orgsync_ms_to_timestamptz(column, type_=sa.DateTime(timezone=True))
 
 
-def _text_array(values: Iterable[str]) -> sa.BindParameter[list[str]]:
-    return sa.bindparam(None, list(values), type_=pg.ARRAY(sa.Text))
-
-
-def _stage(conn: Connection, stage: sa.Table, rows: Iterable[tuple]) -> None:
+def _stage(conn: Connection, stage: sa.Table, rows: Iterable[tuple[Any, ...]]) -> None:
     """(Re)create ``stage`` in this transaction, fill it with ``COPY`` and give the planner its stats."""
     stage.drop(conn, checkfirst=True)
     stage.create(conn)
     name = sql.Identifier(stage.name)
     columns = sql.SQL(", ").join(sql.Identifier(column.name) for column in stage.columns)
     driver = conn.connection.driver_connection
+    if driver is None:
+        raise RuntimeError("the connection has no open DBAPI connection")
     with driver.cursor() as cursor:
         with cursor.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(name, columns)) as copy:
             for row in rows:
@@ -147,7 +156,7 @@ def _newest_per_key(rows: Iterable[RowT], key: Callable[[RowT], object]) -> list
 
 
 def _should_write(
-    target: sa.Table, incoming: Mapping[str, sa.ColumnElement], compared: Sequence[str]
+    target: sa.Table, incoming: Mapping[str, sa.ColumnElement[Any]], compared: Sequence[str]
 ) -> sa.ColumnElement[bool]:
     """Whether ``incoming`` replaces the stored row: it is at least as new (or orgsync never wrote
     the stored row: adopted data, a stub without Clerk timestamps), a deletion of the stored row is
@@ -172,8 +181,8 @@ def _merge(
     conn: Connection,
     target: sa.Table,
     key: Sequence[str],
-    values: dict[str, sa.ColumnElement],
-    source: sa.Select,
+    values: dict[str, sa.ColumnElement[Any]],
+    source: sa.Select[*tuple[Any, ...]],
     compared: Sequence[str],
     received: int,
 ) -> ApplyCounts:
@@ -188,9 +197,9 @@ def _merge(
         .where(sa.not_(_should_write(target, values, compared)))
     )
     source = source.add_columns(*values.values()).where(~unchanged).order_by(*(values[name] for name in key))
-    statement = pg.insert(target).from_select(list(values), source)
-    excluded = statement.excluded
-    statement = statement.on_conflict_do_update(
+    insert = pg.insert(target).from_select(list(values), source)
+    excluded = insert.excluded
+    statement = insert.on_conflict_do_update(
         index_elements=[target.c[name] for name in key],
         set_={name: excluded[name] for name in values if name not in key},
         # Checked again: a concurrent writer may have changed the row since the filter ran.
@@ -211,7 +220,7 @@ def _merge_entity(
     conn: Connection, target: sa.Table, stage: sa.Table, content: Sequence[str], received: int
 ) -> ApplyCounts:
     """Merge a staged organizations/profiles batch into ``target`` (newer wins, no resurrection)."""
-    values: dict[str, sa.ColumnElement] = {name: stage.c[name] for name in ("id", *content)}
+    values: dict[str, sa.ColumnElement[Any]] = {name: stage.c[name] for name in ("id", *content)}
     values["created_at"] = _ms_to_timestamptz(stage.c.created_at)
     values["updated_at"] = _ms_to_timestamptz(stage.c.updated_at)
     values["deleted_at"] = sa.null()
@@ -317,7 +326,7 @@ def _merge_memberships(conn: Connection, rows: Sequence[MembershipRow], *, sourc
     _stage(conn, stage, rows)
     quarantined = _orphans(conn, stage)
     updated_at = _ms_to_timestamptz(stage.c.updated_at)
-    values: dict[str, sa.ColumnElement] = {
+    values: dict[str, sa.ColumnElement[Any]] = {
         "organization_id": stage.c.organization_id,
         "user_id": stage.c.user_id,
         "clerk_membership_id": stage.c.id,
@@ -382,184 +391,6 @@ def _orphans(conn: Connection, stage: sa.Table) -> list[QuarantinedRecord]:
         )
         for orphan in orphans
     ]
-
-
-def _written_before(target: sa.Table, written_before: datetime | None) -> sa.ColumnElement[bool]:
-    if written_before is None:
-        return sa.true()
-    return sa.or_(target.c.synced_at.is_(None), target.c.synced_at < written_before)
-
-
-def _soft_delete(
-    conn: Connection,
-    target: sa.Table,
-    member_column: sa.Column,
-    ids: Sequence[str],
-    *,
-    as_of: datetime,
-    written_before: datetime | None,
-    record_unseen: bool,
-    placeholder: dict[str, sa.ColumnElement],
-) -> list[str]:
-    if not ids:
-        return []
-    id_array = _text_array(ids)
-    if record_unseen:
-        # A deletion of a row never seen still has to stop late, older data from creating it.
-        unnested = sa.func.unnest(id_array).table_valued("id").render_derived()
-        conn.execute(
-            pg.insert(target)
-            .from_select(
-                ["id", *placeholder, "deleted_at", "synced_at"],
-                sa.select(
-                    unnested.c.id,
-                    *(value(unnested.c.id) for value in placeholder.values()),
-                    sa.literal(as_of),
-                    sa.func.now(),
-                ).order_by(unnested.c.id),
-            )
-            .on_conflict_do_nothing(index_elements=[target.c.id])
-        )
-    deleted = lock_in_order(
-        conn,
-        target.c.id,
-        target.c.id == sa.any_(id_array),
-        target.c.deleted_at.is_(None),
-        sa.or_(target.c.updated_at.is_(None), target.c.updated_at <= as_of),
-        _written_before(target, written_before),
-        order_by=[target.c.id],
-        no_key=True,
-    )
-    if deleted:
-        conn.execute(
-            sa.update(target)
-            .where(target.c.id == sa.any_(_text_array(deleted)))
-            .values(deleted_at=as_of, synced_at=sa.func.now())
-        )
-        delete_memberships_where(conn, member_column == sa.any_(_text_array(deleted)))
-    return deleted
-
-
-@in_write_turn
-def delete_organizations(
-    conn: Connection,
-    ids: Sequence[str],
-    *,
-    as_of: datetime,
-    written_before: datetime | None = None,
-    record_unseen: bool = False,
-) -> list[str]:
-    """Soft-delete organizations (``deleted_at = as_of``) and delete their memberships.
-
-    Rows updated after ``as_of`` stay, and so do rows written since ``written_before`` (the full
-    sync's listing start). ``record_unseen`` keeps a deleted placeholder for an id never seen, so
-    older events arriving later cannot create it. Returns the ids soft-deleted.
-    """
-    return _soft_delete(
-        conn,
-        organizations,
-        organization_members.c.organization_id,
-        ids,
-        as_of=as_of,
-        written_before=written_before,
-        record_unseen=record_unseen,
-        placeholder={"name": lambda id_column: id_column},
-    )
-
-
-@in_write_turn
-def delete_profiles(
-    conn: Connection,
-    ids: Sequence[str],
-    *,
-    as_of: datetime,
-    written_before: datetime | None = None,
-    record_unseen: bool = False,
-) -> list[str]:
-    """Soft-delete profiles (``deleted_at = as_of``) and delete their memberships; as
-    :func:`delete_organizations`."""
-    return _soft_delete(
-        conn,
-        profiles,
-        organization_members.c.user_id,
-        ids,
-        as_of=as_of,
-        written_before=written_before,
-        record_unseen=record_unseen,
-        placeholder={},
-    )
-
-
-@in_write_turn
-def delete_memberships(
-    conn: Connection,
-    keys: Sequence[MembershipKey],
-    *,
-    as_of: datetime,
-    written_before: datetime | None = None,
-) -> int:
-    """Delete memberships by (organization, user) and leave tombstones at ``as_of``.
-
-    A membership updated after ``as_of`` (the user rejoined), or written since ``written_before``,
-    stays and gets no tombstone. A key with no row gets one, so older data arriving later cannot
-    create it. Returns the rows deleted.
-    """
-    if not keys:
-        return 0
-    unnested = (
-        sa.func.unnest(
-            _text_array(key.organization_id for key in keys),
-            _text_array(key.user_id for key in keys),
-            _text_array(key.clerk_membership_id for key in keys),
-        )
-        .table_valued("organization_id", "user_id", "clerk_membership_id")
-        .render_derived()
-    )
-    target = organization_members
-    deleted = delete_memberships_where(
-        conn,
-        target.c.organization_id == unnested.c.organization_id,
-        target.c.user_id == unnested.c.user_id,
-        sa.or_(target.c.updated_at.is_(None), target.c.updated_at <= as_of),
-        _written_before(target, written_before),
-    )
-
-    _leave_tombstones(conn, unnested, as_of)
-    return deleted
-
-
-def _leave_tombstones(conn: Connection, unnested: sa.TableValuedAlias, as_of: datetime) -> None:
-    """Tombstone each key in ``unnested`` that has no membership row (now), unless a newer
-    tombstone exists."""
-    target = organization_members
-    unique_keys = (
-        sa.select(unnested)
-        .ext(pg.distinct_on(unnested.c.organization_id, unnested.c.user_id))
-        .where(
-            ~sa.exists().where(
-                target.c.organization_id == unnested.c.organization_id,
-                target.c.user_id == unnested.c.user_id,
-            )
-        )
-        .order_by(unnested.c.organization_id, unnested.c.user_id)
-        .subquery()
-    )
-    tombstone = pg.insert(membership_tombstones).from_select(
-        ["organization_id", "user_id", "clerk_membership_id", "deleted_at"],
-        sa.select(*unique_keys.c, sa.literal(as_of)).order_by(
-            unique_keys.c.organization_id, unique_keys.c.user_id
-        ),
-    )
-    conn.execute(
-        tombstone.on_conflict_do_update(
-            index_elements=[membership_tombstones.c.organization_id, membership_tombstones.c.user_id],
-            set_={
-                "deleted_at": tombstone.excluded.deleted_at,
-                "clerk_membership_id": tombstone.excluded.clerk_membership_id,
-            },
-            where=tombstone.excluded.deleted_at > membership_tombstones.c.deleted_at,
-        )
-    )
 
 
 @in_write_turn
