@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
@@ -124,7 +124,10 @@ def test_fuzzed_requests_over_tcp(engine: Engine, receiver: Receiver, request: t
     SECRET[:] = [receiver.secret]
     body, headers, signed = request
     before = inbox_ids(engine)
-    response = httpx.post(f"{receiver.url}/webhooks/clerk", content=body, headers=headers, timeout=30)
+    try:
+        response = httpx.post(f"{receiver.url}/webhooks/clerk", content=body, headers=headers, timeout=30)
+    except httpx.LocalProtocolError:
+        reject()  # a header HTTP/1.1 cannot carry (e.g. a value of spaces): no client can send it
     check(response)
     added = inbox_ids(engine) - before
     if not signed:
