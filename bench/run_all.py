@@ -3,12 +3,15 @@
 Each ``bench/bench_*.py`` runs in its own process (so one benchmark's memory and caches do not colour
 the next, and peak RSS is per benchmark) with ``--write``, which fills its section of BENCHMARKS.md. This
 script first rewrites the file's fixed text (what each benchmark does and how to read it), keeping
-sections written by benchmarks it does not know, then records the machine and the total runtime.
+sections written by benchmarks it does not know, then records the machine and the total runtime. A
+benchmark that takes none of ``common``'s options (it only prints) runs without them, and what it printed
+becomes its section. Sections of benchmarks skipped or failed this time keep their last results.
 
     .venv/bin/python bench/run_all.py [--database-url URL] [--quick] [--skip NAME ...] [--only NAME ...]
 """
 
 import argparse
+import ast
 import os
 import re
 import subprocess
@@ -37,11 +40,59 @@ KNOWN = {
     "bench_validation": ["--orgs", "2000", "--users", "10000", "--repeat", "1"],
     "bench_sync": ["--orgs", "1000", "--users", "5000"],
     "bench_webhook_freshness": ["--events", "3"],
+    "bench_on_demand": ["--sizes", "10", "500", "--repeat", "2"],
+    "bench_push": ["--quick"],
+    "bench_receiver_import": ["--rounds", "3"],
 }
-TAKES_DATABASE_URL = {"bench_apply", "bench_sync", "bench_webhook_freshness"}
 
 # The fixed text of BENCHMARKS.md; {name} marks where the section written by a benchmark goes.
 TEMPLATE = BENCH / "benchmarks_template.md"
+
+# Fixed text of the benchmarks the template does not (yet) describe, appended after it in this order.
+EXTRA_TEXT = {
+    "on_demand": """## 5. On-demand sync: `POST /sync/organizations/{{id}}` and `POST /sync/me`
+
+`bench/bench_on_demand.py`. The receiver (uvicorn on loopback, in the benchmark's process) verifies a
+session token the Clerk emulator minted, fetches the organization and every page of its memberships from
+the emulator, validates and applies them, and reconciles deletions; each case is timed as the client
+sees it, from the request sent to the answer read.
+
+{on_demand}
+""",
+    "push": """## 6. The webhook push path: latency, receiver throughput, apply throughput
+
+`bench/bench_push.py`. The Clerk emulator signs and delivers `organization.created` webhooks (one
+delivery at a time, in order, as Svix does per endpoint) to `orgsync serve-webhooks` (a child process,
+uvicorn), which commits each to the inbox and answers. **Inline** (`ORGSYNC_WEBHOOK_APPLY=inline`): the
+receiver's own worker applies it. **Sensor**: `dagster-daemon run -w workspace.yaml` with the shipped
+`deploy/dagster.yaml` (run storage in a throwaway PostgreSQL database, queued run coordinator) ticks
+`clerk_webhook_sensor` every 5 s, which launches `clerk_webhook_apply`. Latency runs from the 2xx as the
+emulator saw it to the organization's row being visible to a poller reading `organizations` every 20 ms
+(the last column, `webhook_inbox.applied_at - received_at` on the database's clock, is the same path
+seen from the inbox, without the commit and the poll). "delivered/s" is the rate the emulator actually
+delivered at: the steady load is paced at 50 events/s, bursts go as fast as the receiver answers.
+Receiver throughput: mixed events (organizations, users, memberships; creations, updates, deletions)
+POSTed by concurrent senders in the benchmark process to an inline and a sensor-mode receiver, one
+after the other, each on a fresh schema; events/s answered 2xx, every one checked stored. Apply
+throughput: a backlog of mixed events stored pending, then drained by `events.apply_pending_events`
+(as a run and as the inline worker batch them) and by a `clerk_webhook_apply` run in process, each
+within a time budget; a cProfile of one drain shows where the time goes. Everything runs in a database
+of the benchmark's own: the inbox's apply lock is a database-wide advisory lock, which tests draining
+an inbox in another schema of the same database would otherwise hold.
+
+{push}
+
+How to read it: an event's latency is its wait in the inbox behind the events before it, plus its
+batch's apply, plus the commit. When events arrive faster than the apply path drains them (compare
+"delivered/s" with the apply rate in the last table), the queue, and the latency with it, grows for as
+long as the load lasts. The inbox column stops at the event's own `applied_at`, inside its batch's
+transaction; the row becomes visible only when the whole batch commits, so the poll column is higher by
+up to one batch's apply time. Sensor mode adds the wait for the next tick (0 to 5 s), the run queue's
+dequeue (up to 1 s) and a run's start-up (a new process that imports Dagster and orgsync). The inline
+receiver applies in the same process (one GIL) and on the same 2 cores as it ingests, so what inline
+apply costs ingest grows with the apply's CPU per event.
+""",
+}
 
 
 def scripts(only: list[str], skip: list[str]) -> list[Path]:
@@ -61,14 +112,59 @@ def foreign_sections(text: str, known: set[str]) -> list[str]:
 
 
 def rewrite_fixed_text() -> None:
-    known = {"run", "apply", "validation", "sync", "freshness"}
-    kept = foreign_sections(BENCHMARKS_MD.read_text(), known) if BENCHMARKS_MD.exists() else []
     text = TEMPLATE.read_text()
+    for name, extra in EXTRA_TEXT.items():
+        if "{" + name + "}" not in text:  # the template describes it itself once it has its marker
+            text = text.rstrip() + "\n\n" + extra.replace("{{", "{").replace("}}", "}")
+    known = {"run", "apply", "validation", "sync", "freshness", *EXTRA_TEXT}
+    kept = foreign_sections(BENCHMARKS_MD.read_text(), known) if BENCHMARKS_MD.exists() else []
+    existing = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ""
     for name in known:
-        text = text.replace("{" + name + "}", section_placeholder(name))
+        text = text.replace("{" + name + "}", current_section(existing, name))
     if kept:
         text += "\n" + "\n\n".join(kept) + "\n"
     BENCHMARKS_MD.write_text(text)
+
+
+def current_section(text: str, name: str) -> str:
+    """The section as the last run wrote it (a benchmark skipped or failed this time keeps it), else a
+    placeholder."""
+    match = re.search(rf"<!-- bench:{name}:begin -->.*?<!-- bench:{name}:end -->", text, re.DOTALL)
+    return match.group(0) if match else section_placeholder(name)
+
+
+def writes_own_section(script: Path) -> bool:
+    """Whether the script takes the shared options (``--write``, ``--database-url``) of ``common``."""
+    return "add_database_argument" in script.read_text()
+
+
+def run_one(script: Path, server: str, env: dict[str, str], quick: bool, timeout: float) -> str:
+    """Run one benchmark; one that writes no section of its own gets its printed output recorded in a
+    section named after it."""
+    own = writes_own_section(script)
+    command = [sys.executable, str(script)] + (["--write", "--database-url", server] if own else [])
+    if quick:
+        command += KNOWN.get(script.stem, [])
+    try:
+        outcome = subprocess.run(
+            command, cwd=REPO, env=env, timeout=timeout, check=False, capture_output=not own, text=True
+        )
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:.0f}s"
+    if not own:
+        print(outcome.stdout, end="")
+        print(outcome.stderr, end="", file=sys.stderr)
+        if outcome.returncode == 0:
+            write_section(Section(script.stem.removeprefix("bench_"), printed_output(script, outcome.stdout)))
+    return "ok" if outcome.returncode == 0 else f"failed (exit {outcome.returncode})"
+
+
+def printed_output(script: Path, stdout: str) -> str:
+    """The section of a benchmark that only prints: what it measures (its docstring's first paragraph),
+    then its output as it printed it."""
+    doc = ast.get_docstring(ast.parse(script.read_text())) or ""
+    about = doc.split("\n\n")[0].replace("\n", " ")
+    return f"### `bench/{script.name}`\n\n{about}\n\n```\n{stdout.strip()}\n```"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,18 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "ORGSYNC_BENCH_DATABASE_URL": server}
     results: list[tuple[str, str, float]] = []
     for script in scripts(args.only, args.skip):
-        command = [sys.executable, str(script), "--write"]
-        if script.stem in TAKES_DATABASE_URL:
-            command += ["--database-url", server]
-        if args.quick:
-            command += KNOWN.get(script.stem, [])
         print(f"\n=== {script.name}", flush=True)
         began = time.perf_counter()
-        try:
-            outcome = subprocess.run(command, cwd=REPO, env=env, timeout=args.timeout, check=False)
-            status = "ok" if outcome.returncode == 0 else f"failed (exit {outcome.returncode})"
-        except subprocess.TimeoutExpired:
-            status = f"timed out after {args.timeout:.0f}s"
+        status = run_one(script, server, env, args.quick, args.timeout)
         results.append((script.name, status, time.perf_counter() - began))
         print(f"=== {script.name}: {status} in {results[-1][2]:.0f}s", flush=True)
 
