@@ -22,6 +22,8 @@ from orgsync_pipeline.rows import Entity, QuarantinedRecord
 from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.inbox import InboxEvent
 from orgsync_pipeline.validation import (
+    RowT,
+    Validated,
     membership_pair,
     record_id,
     record_updated_at,
@@ -95,18 +97,25 @@ def _upsert_key(event: InboxEvent) -> tuple[EventFamily, Hashable] | None:
 
 
 def _merge_organizations(conn: sa.Connection, newest: Grouped, result: BatchResult) -> None:
-    validated = validate_organizations([same[-1].payload["data"] for same in newest.values()])
-    counts = apply.apply_organizations(conn, validated.rows)
-    apply.quarantine(conn, validated.quarantined, source=SOURCE)
-    result.written["organizations"] += counts.inserted + counts.updated
-    _record_outcomes(newest, validated.quarantined, record_id, result)
+    _merge_entities(conn, newest, result, validate_organizations, apply.apply_organizations, "organizations")
 
 
 def _merge_profiles(conn: sa.Connection, newest: Grouped, result: BatchResult) -> None:
-    validated = validate_profiles([same[-1].payload["data"] for same in newest.values()])
-    counts = apply.apply_profiles(conn, validated.rows)
+    _merge_entities(conn, newest, result, validate_profiles, apply.apply_profiles, "profiles")
+
+
+def _merge_entities(
+    conn: sa.Connection,
+    newest: Grouped,
+    result: BatchResult,
+    validate: Callable[[list[Any]], Validated[RowT]],
+    write: Callable[[sa.Connection, Sequence[RowT]], apply.ApplyCounts],
+    table: str,
+) -> None:
+    validated = validate([same[-1].payload["data"] for same in newest.values()])
+    counts = write(conn, validated.rows)
     apply.quarantine(conn, validated.quarantined, source=SOURCE)
-    result.written["profiles"] += counts.inserted + counts.updated
+    result.written[table] += counts.inserted + counts.updated
     _record_outcomes(newest, validated.quarantined, record_id, result)
 
 
