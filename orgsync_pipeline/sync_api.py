@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import sqlalchemy as sa
@@ -33,7 +33,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from orgsync_pipeline import ondemand
 from orgsync_pipeline.clerk.client import (
     ClerkAuthError,
     ClerkClient,
@@ -48,6 +47,9 @@ from orgsync_pipeline.session_tokens import (
     TokenRejected,
 )
 from orgsync_pipeline.settings import Settings
+
+if TYPE_CHECKING:  # loaded by the first sync (see _run): a receiver that never syncs stays light
+    from orgsync_pipeline import ondemand
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,7 +200,7 @@ class SyncService:
             }
         )
 
-    async def _sync(self, target: Target) -> tuple[ondemand.OnDemandReport, bool] | JSONResponse:
+    async def _sync(self, target: Target) -> tuple["ondemand.OnDemandReport", bool] | JSONResponse:
         """Run (or join) the target's sync; failures become their HTTP answers."""
         try:
             with anyio.fail_after(SYNC_TIMEOUT_SECONDS):
@@ -219,7 +221,9 @@ class SyncService:
                         type(exc).__name__)  # fmt: skip
             return _unavailable("the database is unavailable; retry later")
 
-    def _run(self, target: Target) -> ondemand.OnDemandReport:
+    def _run(self, target: Target) -> "ondemand.OnDemandReport":
+        from orgsync_pipeline import ondemand  # the write path: pandas and pandera
+
         engine = self._engine_provider()
         if target.kind == "user":
             return ondemand.sync_user(engine, self._client(), target.id, self._settings)

@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from orgsync_pipeline.validation import json_problem
+from orgsync_pipeline.storable import json_problem
 
 # Svix ids are msg_ and about 27 base62 characters; the inbox keys on them (a btree index entry).
 MAX_SVIX_ID_LENGTH = 255

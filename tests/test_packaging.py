@@ -172,3 +172,14 @@ print(dg.__version__, orgsync_pipeline.__file__.startswith(sys.prefix), sorted(j
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert loaded.stdout.split()[:2] == [version, "True"], loaded.stdout
     assert "clerk_full_sync" in loaded.stdout
+
+
+def test_the_receiver_loads_no_dataframe_library() -> None:
+    """The receiver learns event types and storable values from light modules: a sensor-mode receiver
+    never loads pandas, pandera or numpy (the apply path loads them when it first runs)."""
+    code = (
+        "import sys, orgsync_pipeline.webhooks; "
+        "print(sorted(m for m in ('pandas', 'pandera', 'numpy') if m in sys.modules))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "[]"

@@ -35,6 +35,7 @@ from orgsync_pipeline.rows import (
     ProfileRow,
     QuarantinedRecord,
 )
+from orgsync_pipeline.storable import storable_id, storable_json, storable_text
 from orgsync_pipeline.store.deletes import delete_memberships, delete_organizations, delete_profiles
 from orgsync_pipeline.store.locking import delete_quarantined_where, in_write_turn
 from orgsync_pipeline.store.schema import (
@@ -45,7 +46,6 @@ from orgsync_pipeline.store.schema import (
     profiles,
     sync_quarantine,
 )
-from orgsync_pipeline.validation import storable_id, storable_json, storable_text
 
 RowT = TypeVar("RowT", OrganizationRow, ProfileRow, MembershipRow)
 
