@@ -18,6 +18,7 @@ from collections.abc import Callable
 from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.settings import Settings
+from orgsync_pipeline.store.retry import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ class ApplyWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        from orgsync_pipeline.events import is_transient  # the write path: see the module's docstring
-
         backoff = ERROR_BACKOFF_SECONDS
         timeout = self._poll_seconds
         while not self._stopping.is_set():

@@ -18,13 +18,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from orgsync_pipeline.event_batches import apply_upserts_together
+from orgsync_pipeline.event_batches import SOURCE, apply_upserts_together
 from orgsync_pipeline.event_types import HANDLED_EVENTS, EventAction, EventFamily, split_event_type
 from orgsync_pipeline.rows import MembershipKey, QuarantinedRecord
 from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import apply, inbox, write_log
 from orgsync_pipeline.store.inbox import HandledStatus, InboxStatus
 from orgsync_pipeline.store.locking import drain_lock_key
+from orgsync_pipeline.store.retry import is_transient
 from orgsync_pipeline.validation import (
     MEMBERSHIP_ID,
     ORG_ID,
@@ -36,7 +37,6 @@ from orgsync_pipeline.validation import (
     validate_profiles,
 )
 
-SOURCE = "webhook"
 MAX_BATCHES_PER_RUN = 100
 
 Log = logging.Logger | logging.LoggerAdapter[Any]
@@ -203,15 +203,6 @@ def apply_pending_events(
             lock_conn.commit()
     report.duration_seconds = time.monotonic() - started
     return report
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a failure may pass by itself: a lost or refused connection, a deadlock, a lock or
-    statement timeout (psycopg raises all of them as ``OperationalError``). Anything else comes
-    from the event and would fail the same way on every attempt."""
-    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | TimeoutError | ConnectionError)
 
 
 def _apply_batch(

@@ -23,9 +23,10 @@ DEADLOCK_DETECTED = "40P01"
 SERIALIZATION_FAILURE = "40001"
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired
 RETRYABLE_SQLSTATES = frozenset({DEADLOCK_DETECTED, SERIALIZATION_FAILURE, LOCK_NOT_AVAILABLE})
-# Connection lost, server shutting down or restarting, too many connections: the next attempt may
-# find a server again (a new transaction on a new connection).
-_CONNECTION_SQLSTATE_PREFIXES = ("08", "57P", "53300")
+# Connection lost (08), insufficient resources such as too many connections (53), operator
+# intervention: a server shutting down or restarting, a statement or lock timeout (57). The next
+# attempt may find the server again (a new transaction on a new connection).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57")
 
 DEFAULT_ATTEMPTS = 5
 BASE_DELAY_SECONDS = 0.05
@@ -45,15 +46,16 @@ def is_retryable(exc: BaseException) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """A failure that may pass by itself: :func:`is_retryable`, a lost or refused database
-    connection, or Clerk unavailable after the client's own retries. Anything else (bad data, a
+    connection, a server short of resources, a statement timeout, a timeout of ours, or Clerk
+    unavailable after the client's own retries. Anything else (bad data, a
     refused deletion, a wrong key or URL) fails the same way on every attempt."""
     from orgsync_pipeline.clerk.errors import ClerkUnavailableError
 
-    if isinstance(exc, ClerkUnavailableError) or is_retryable(exc):
+    if isinstance(exc, ClerkUnavailableError | TimeoutError | ConnectionError) or is_retryable(exc):
         return True
     state = sqlstate(exc)
     if state is not None:
-        return state.startswith(_CONNECTION_SQLSTATE_PREFIXES)
+        return state.startswith(_TRANSIENT_SQLSTATE_CLASSES)
     # No SQLSTATE: the connection broke (or never opened) before the server could answer.
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or (
         isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
