@@ -1,5 +1,7 @@
 """SQLAlchemy Core descriptions of the tables the migrations in ``sql/`` create (for queries, not DDL)."""
 
+from datetime import datetime
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
@@ -7,32 +9,46 @@ metadata = sa.MetaData()
 
 ORG_ROLE = pg.ENUM("owner", "admin", "member", "viewer", name="org_role", create_type=False)
 
+
+def _clerk_id() -> sa.Column[str]:
+    """The primary key of a table mirroring a Clerk object: Clerk's id."""
+    return sa.Column("id", sa.Text, primary_key=True)
+
+
+def _bigserial_id() -> sa.Column[int]:
+    """The primary key of one of orgsync's own tables (``id bigserial PRIMARY KEY``)."""
+    return sa.Column("id", sa.BigInteger, primary_key=True)
+
+
+def _timestamp(name: str, *, nullable: bool = True) -> sa.Column[datetime]:
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
+
+
+def _clerk_timestamps() -> list[sa.Column[datetime]]:
+    """Clerk's created/updated times, the soft-delete time and the time orgsync last wrote the row."""
+    return [_timestamp(name) for name in ("created_at", "updated_at", "deleted_at", "synced_at")]
+
+
 organizations = sa.Table(
     "organizations",
     metadata,
-    sa.Column("id", sa.Text, primary_key=True),
+    _clerk_id(),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("slug", sa.Text),
     sa.Column("image_url", sa.Text),
     sa.Column("public_metadata", pg.JSONB, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True)),
-    sa.Column("updated_at", sa.DateTime(timezone=True)),
-    sa.Column("deleted_at", sa.DateTime(timezone=True)),
-    sa.Column("synced_at", sa.DateTime(timezone=True)),
+    *_clerk_timestamps(),
 )
 
 profiles = sa.Table(
     "profiles",
     metadata,
-    sa.Column("id", sa.Text, primary_key=True),
+    _clerk_id(),
     sa.Column("email", sa.Text),
     sa.Column("first_name", sa.Text),
     sa.Column("last_name", sa.Text),
     sa.Column("image_url", sa.Text),
-    sa.Column("created_at", sa.DateTime(timezone=True)),
-    sa.Column("updated_at", sa.DateTime(timezone=True)),
-    sa.Column("deleted_at", sa.DateTime(timezone=True)),
-    sa.Column("synced_at", sa.DateTime(timezone=True)),
+    *_clerk_timestamps(),
 )
 
 organization_members = sa.Table(
@@ -44,9 +60,9 @@ organization_members = sa.Table(
     sa.Column("user_id", sa.Text, sa.ForeignKey("profiles.id"), nullable=False),
     sa.Column("role", ORG_ROLE, nullable=False),
     sa.Column("clerk_role", sa.Text, nullable=False),
-    sa.Column("joined_at", sa.DateTime(timezone=True)),
-    sa.Column("updated_at", sa.DateTime(timezone=True)),
-    sa.Column("synced_at", sa.DateTime(timezone=True)),
+    _timestamp("joined_at"),
+    _timestamp("updated_at"),
+    _timestamp("synced_at"),
 )
 
 membership_tombstones = sa.Table(
@@ -55,35 +71,35 @@ membership_tombstones = sa.Table(
     sa.Column("organization_id", sa.Text, primary_key=True),
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("clerk_membership_id", sa.Text),
-    sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=False),
+    _timestamp("deleted_at", nullable=False),
 )
 
 sync_quarantine = sa.Table(
     "sync_quarantine",
     metadata,
-    sa.Column("id", sa.BigInteger, primary_key=True),
+    _bigserial_id(),
     sa.Column("entity", sa.Text, nullable=False),
     sa.Column("clerk_id", sa.Text),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("payload", pg.JSONB, nullable=False),
     sa.Column("source", sa.Text, nullable=False),
-    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+    _timestamp("first_seen_at", nullable=False),
+    _timestamp("last_seen_at", nullable=False),
     sa.Column("record_key", sa.Text, sa.Computed("coalesce(clerk_id, md5(payload::text))")),
 )
 
 webhook_inbox = sa.Table(
     "webhook_inbox",
     metadata,
-    sa.Column("id", sa.BigInteger, primary_key=True),
+    _bigserial_id(),
     sa.Column("svix_id", sa.Text, nullable=False, unique=True),
     sa.Column("event_type", sa.Text, nullable=False),
     sa.Column("payload", pg.JSONB, nullable=False),
-    sa.Column("event_timestamp", sa.DateTime(timezone=True)),
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    _timestamp("event_timestamp"),
+    _timestamp("received_at", nullable=False),
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("last_error", sa.Text),
-    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
-    sa.Column("applied_at", sa.DateTime(timezone=True)),
+    _timestamp("next_attempt_at"),
+    _timestamp("applied_at"),
 )
