@@ -4,10 +4,11 @@ object, with its lifecycle (start, stop, context manager) and session tokens."""
 import contextlib
 import socket
 import threading
+from typing import Unpack
 
 from orgsync_pipeline.clerk.emulator.seed import SampleData
 from orgsync_pipeline.clerk.emulator.server import HttpApi, _Handler, _Server
-from orgsync_pipeline.clerk.emulator.tokens import DEFAULT_AUTHORIZED_PARTY
+from orgsync_pipeline.clerk.emulator.tokens import TokenOptions
 
 DEFAULT_SECRET_KEY = "sk_test_orgsync_emulator"
 
@@ -99,16 +100,12 @@ class ClerkEmulator(SampleData, HttpApi):
         self,
         user_id: str,
         org_id: str | None = None,
-        *,
-        version: int = 2,
-        azp: str | None = DEFAULT_AUTHORIZED_PARTY,
-        expires_in: int = 60,
-        issued_at: int | None = None,
-        kid: str | None = None,
+        **options: Unpack[TokenOptions],
     ) -> str:
         """A Clerk session token (RS256, verifiable with ``GET /v1/jwks``) for ``user_id`` with ``org_id`` as
         the active organization, in claim shape ``version`` 2 (``o.id``) or 1 (``org_id``). The org's slug and
-        the user's role come from the emulator's state when it has them."""
+        the user's role come from the emulator's state when it has them. ``options`` (``version``, ``azp``,
+        ``expires_in``, ``issued_at``, ``kid``) are :meth:`SessionTokenMinter.mint`'s, with its defaults."""
         org = None
         if org_id is not None:
             with self._lock:
@@ -116,6 +113,4 @@ class ClerkEmulator(SampleData, HttpApi):
                 mem_id = self._pairs.get((org_id, user_id))
                 role = self._memberships.rows[mem_id]["role"] if mem_id else "org:member"
             org = {"id": org_id, "slug": found.get("slug") if found else None, "role": role}
-        return self.tokens.mint(
-            user_id, org=org, version=version, azp=azp, expires_in=expires_in, issued_at=issued_at, kid=kid
-        )
+        return self.tokens.mint(user_id, org=org, **options)

@@ -4,7 +4,7 @@ deletes, millisecond timestamps. Each one emits Clerk's webhook event when an en
 import re
 from typing import Any
 
-from orgsync_pipeline.clerk.emulator.state import Json, _clone, _clone_value
+from orgsync_pipeline.clerk.emulator.state import Json, _clone, _clone_value, _Table
 from orgsync_pipeline.clerk.emulator.webhooks import WebhookSender
 
 _SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -19,6 +19,14 @@ _USER_FIELDS = frozenset(
     {"first_name", "last_name", "email", "username", "image_url", "public_metadata", "private_metadata",
      "unsafe_metadata", "external_id", "banned", "locked", "last_sign_in_at", "last_active_at"}
 )  # fmt: skip
+
+
+def _set_image(row: Json, url: str | None, default: str, keys: tuple[str, ...] = ("image_url",)) -> None:
+    """Set (or with None, unset) an image: Clerk then serves its default image, and ``has_image`` tells
+    the two apart."""
+    for key in keys:
+        row[key] = url or default
+    row["has_image"] = url is not None
 
 
 def _slugify(name: str) -> str:
@@ -92,23 +100,16 @@ class StateMutations(WebhookSender):
                 self._slugs[fields["slug"]] = org_id
             for key, value in fields.items():
                 if key == "image_url":
-                    org["image_url"] = value or _DEFAULT_ORG_IMAGE
-                    org["has_image"] = value is not None
+                    _set_image(org, value, _DEFAULT_ORG_IMAGE)
                 else:
                     org[key] = _clone_value(value)
-            org["updated_at"] = self._tick()
-            self._orgs.touch()
-            if self._webhook_endpoints:
-                self._emit("organization.updated", org, org["updated_at"])
-            return _clone(org)
+            return self._updated(self._orgs, org, "organization.updated", self._tick())
 
     def delete_organization(self, org_id: str) -> Json:
         """Delete an organization and (cascade) its memberships; returns Clerk's DeletedObject."""
         with self._lock:
             org = self._require_org(org_id)
-            for mem_id in list(self._org_members[org_id]):
-                self._remove_membership(mem_id)
-            del self._org_members[org_id]
+            self._remove_memberships_of(self._org_members, org_id)
             del self._slugs[org["slug"]]
             self._orgs.remove(org_id)
             now = self._tick()
@@ -217,23 +218,16 @@ class StateMutations(WebhookSender):
                     else:
                         self._set_primary_email(user, value, now)
                 elif key == "image_url":
-                    user["image_url"] = user["profile_image_url"] = value or _DEFAULT_USER_IMAGE
-                    user["has_image"] = value is not None
+                    _set_image(user, value, _DEFAULT_USER_IMAGE, keys=("image_url", "profile_image_url"))
                 else:
                     user[key] = _clone_value(value)
-            user["updated_at"] = now
-            self._users.touch()
-            if self._webhook_endpoints:
-                self._emit("user.updated", user, now)
-            return _clone(user)
+            return self._updated(self._users, user, "user.updated", now)
 
     def delete_user(self, user_id: str) -> Json:
         """Delete a user and (cascade) their memberships; returns Clerk's DeletedObject."""
         with self._lock:
             user = self._require_user(user_id)
-            for mem_id in list(self._user_members[user_id]):
-                self._remove_membership(mem_id)
-            del self._user_members[user_id]
+            self._remove_memberships_of(self._user_members, user_id)
             self._users.remove(user_id)
             if user_id in self._hidden_users:
                 self._hidden_users.discard(user_id)
@@ -245,6 +239,22 @@ class StateMutations(WebhookSender):
             if self._webhook_endpoints:  # cascaded memberships emit nothing (Clerk documents no such events)
                 self._emit("user.deleted", deleted, now)
             return deleted
+
+    def _updated(self, table: _Table, row: Json, event_type: str, now: int) -> Json:
+        """Finish an update of ``row`` (in ``table``): stamp ``updated_at``, mark the table changed and emit
+        ``event_type``; returns a copy, as Clerk answers."""
+        row["updated_at"] = now
+        table.touch()
+        if self._webhook_endpoints:
+            self._emit(event_type, row, now)
+        return _clone(row)
+
+    def _remove_memberships_of(self, index: dict[str, dict[str, None]], owner_id: str) -> None:
+        """Cascade a deletion: remove every membership of ``owner_id`` (an organization or a user, as
+        ``index`` is ``_org_members`` or ``_user_members``) and its entry in ``index``."""
+        for mem_id in list(index[owner_id]):
+            self._remove_membership(mem_id)
+        del index[owner_id]
 
     def hide_user_from_listing(self, user_id: str) -> None:
         """Leave the user out of ``GET /users`` and ``/users/count`` (point lookups still find it)."""

@@ -10,7 +10,7 @@ import base64
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +20,17 @@ DEFAULT_ISSUER = "https://clerk.orgsync.test"
 DEFAULT_AUTHORIZED_PARTY = "http://localhost:3000"
 
 Json = dict[str, Any]
+
+
+class TokenOptions(TypedDict, total=False):
+    """The options of :meth:`SessionTokenMinter.mint` besides the user and the organization (for callers that
+    pass them on; the defaults are ``mint``'s)."""
+
+    version: int
+    azp: str | None
+    expires_in: int
+    issued_at: int | None
+    kid: str | None
 
 
 def _b64url_uint(value: int) -> str:
