@@ -6,7 +6,7 @@ Callers import these from :mod:`orgsync_pipeline.store.apply`, which re-exports 
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -39,10 +39,10 @@ def _soft_delete(
     member_column: sa.Column[str],
     ids: Sequence[str],
     *,
-    as_of: datetime,
-    written_before: datetime | None,
-    record_unseen: bool,
     placeholder: dict[str, Callable[[sa.ColumnElement[Any]], sa.ColumnElement[Any]]],
+    as_of: datetime,
+    written_before: datetime | None = None,
+    record_unseen: bool = False,
 ) -> list[str]:
     if not ids:
         return []
@@ -83,54 +83,35 @@ def _soft_delete(
     return deleted
 
 
+class SoftDeleteOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`delete_organizations` and :func:`delete_profiles`."""
+
+    as_of: Required[datetime]
+    written_before: datetime | None  # default None
+    record_unseen: bool  # default False
+
+
 @in_write_turn
 def delete_organizations(
-    conn: Connection,
-    ids: Sequence[str],
-    *,
-    as_of: datetime,
-    written_before: datetime | None = None,
-    record_unseen: bool = False,
+    conn: Connection, ids: Sequence[str], **options: Unpack[SoftDeleteOptions]
 ) -> list[str]:
     """Soft-delete organizations (``deleted_at = as_of``) and delete their memberships.
 
     Rows updated after ``as_of`` stay, and so do rows written since ``written_before`` (the full
-    sync's listing start). ``record_unseen`` keeps a deleted placeholder for an id never seen, so
-    older events arriving later cannot create it. Returns the ids soft-deleted.
+    sync's listing start; default None). ``record_unseen`` (default False) keeps a deleted placeholder
+    for an id never seen, so older events arriving later cannot create it. Returns the ids soft-deleted.
     """
+    placeholder = {"name": lambda id_column: id_column}
     return _soft_delete(
-        conn,
-        organizations,
-        organization_members.c.organization_id,
-        ids,
-        as_of=as_of,
-        written_before=written_before,
-        record_unseen=record_unseen,
-        placeholder={"name": lambda id_column: id_column},
+        conn, organizations, organization_members.c.organization_id, ids, placeholder=placeholder, **options
     )
 
 
 @in_write_turn
-def delete_profiles(
-    conn: Connection,
-    ids: Sequence[str],
-    *,
-    as_of: datetime,
-    written_before: datetime | None = None,
-    record_unseen: bool = False,
-) -> list[str]:
+def delete_profiles(conn: Connection, ids: Sequence[str], **options: Unpack[SoftDeleteOptions]) -> list[str]:
     """Soft-delete profiles (``deleted_at = as_of``) and delete their memberships; as
     :func:`delete_organizations`."""
-    return _soft_delete(
-        conn,
-        profiles,
-        organization_members.c.user_id,
-        ids,
-        as_of=as_of,
-        written_before=written_before,
-        record_unseen=record_unseen,
-        placeholder={},
-    )
+    return _soft_delete(conn, profiles, organization_members.c.user_id, ids, placeholder={}, **options)
 
 
 @in_write_turn
