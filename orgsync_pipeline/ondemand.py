@@ -92,18 +92,8 @@ def sync_user(engine: Engine, clerk: ClerkClient, user_id: str, settings: Settin
     records = collect_listing([listing])
     profile = validate_profiles([user])
     memberships = validate_memberships(records, settings.role_map)
-    _apply(
-        engine,
-        report,
-        organizations=memberships.organizations,
-        profiles=profile.rows,
-        memberships=memberships,
-        quarantined=[*profile.quarantined, *memberships.quarantined],
-    )
-    report.memberships_fetched = len(records)
-    report.memberships_deleted = _delete_unlisted_memberships(
-        engine, clerk, organization_members.c.user_id == user_id, records, listing_started_at
-    )
+    _apply(engine, report, memberships, profiles=profile.rows, quarantined=profile.quarantined)
+    _delete_unlisted_memberships(engine, clerk, report, records, listing_started_at)
     return report
 
 
@@ -125,34 +115,27 @@ def sync_organization(engine: Engine, clerk: ClerkClient, org_id: str, settings:
         return report
     org = validate_organizations([organization])
     memberships = validate_memberships(records, settings.role_map)
-    _apply(
-        engine,
-        report,
-        # The organization as fetched goes last: on equal updated_at the last row of a batch wins.
-        organizations=[*memberships.organizations, *org.rows],
-        profiles=[],
-        memberships=memberships,
-        quarantined=[*org.quarantined, *memberships.quarantined],
-    )
-    report.memberships_fetched = len(records)
-    report.memberships_deleted = _delete_unlisted_memberships(
-        engine, clerk, organization_members.c.organization_id == org_id, records, listing_started_at
-    )
+    _apply(engine, report, memberships, organizations=org.rows, quarantined=org.quarantined)
+    _delete_unlisted_memberships(engine, clerk, report, records, listing_started_at)
     return report
 
 
 def _apply(
     engine: Engine,
     report: OnDemandReport,
-    *,
-    organizations: Sequence[OrganizationRow],
-    profiles: Sequence[ProfileRow],
     memberships: ValidatedMemberships,
+    *,
+    organizations: Sequence[OrganizationRow] = (),
+    profiles: Sequence[ProfileRow] = (),
     quarantined: Sequence[QuarantinedRecord],
 ) -> None:
-    """One transaction, parents first (organizations, profiles, then memberships), like every writer."""
+    """One transaction, parents first (organizations, profiles, then memberships), like every writer.
+
+    ``organizations``, ``profiles`` and ``quarantined`` are the target's, as fetched and validated. Its
+    organization goes after the ones its memberships embed (on equal updated_at the last row of a batch
+    wins); its quarantined records go before the memberships' own."""
     with engine.begin() as conn:
-        report.organizations = apply.apply_organizations(conn, organizations)
+        report.organizations = apply.apply_organizations(conn, [*memberships.organizations, *organizations])
         report.profiles = apply.apply_profiles(conn, profiles)
         counts = apply.apply_memberships(
             conn, memberships.rows, profile_stubs=memberships.profile_stubs, source=SOURCE
@@ -160,7 +143,8 @@ def _apply(
         report.memberships = counts.memberships
         report.profile_stubs = counts.profile_stubs
         report.quarantined = (
-            apply.quarantine(conn, quarantined, source=SOURCE) + counts.memberships.quarantined
+            apply.quarantine(conn, [*quarantined, *memberships.quarantined], source=SOURCE)
+            + counts.memberships.quarantined
         )
         _log(conn, "organizations", report.organizations.inserted + report.organizations.updated)
         _log(conn, "profiles", report.profiles.inserted + report.profiles.updated + counts.profile_stubs)
@@ -170,12 +154,14 @@ def _apply(
 def _delete_unlisted_memberships(
     engine: Engine,
     clerk: ClerkClient,
-    scope: sa.ColumnElement[bool],
+    report: OnDemandReport,
     records: Sequence[Any],
     listing_started_at: datetime,
-) -> int:
-    """Delete the target's memberships absent from its complete listing, not written since the listing
-    began, once Clerk confirms each is gone (the full sync's rule; offset pages can shift under a crawl)."""
+) -> None:
+    """Delete the target's memberships absent from its complete listing (``records``), not written since
+    the listing began, once Clerk confirms each is gone (the full sync's rule; offset pages can shift under
+    a crawl). Counts the memberships fetched and deleted in ``report``."""
+    report.memberships_fetched = len(records)
     seen = {pair for pair in map(membership_pair, records) if None not in pair}
     members = organization_members
     with engine.connect() as conn:
@@ -183,20 +169,20 @@ def _delete_unlisted_memberships(
             MembershipKey(*row)
             for row in conn.execute(
                 sa.select(members.c.organization_id, members.c.user_id, members.c.clerk_membership_id)
-                .where(scope, _not_written_since(members, listing_started_at))
+                .where(_members_of(report), _not_written_since(members, listing_started_at))
                 .order_by(members.c.organization_id, members.c.user_id)
             ).all()
             if (row.organization_id, row.user_id) not in seen
         ]
     confirmed = _confirm_memberships_gone(clerk, unseen) if unseen else []
     if not confirmed:
-        return 0
+        report.memberships_deleted = 0
+        return
     with engine.begin() as conn:
-        deleted = apply.delete_memberships(
+        report.memberships_deleted = apply.delete_memberships(
             conn, confirmed, as_of=_now(conn), written_before=listing_started_at
         )
-        _log(conn, "organization_members", deleted)
-    return deleted
+        _log(conn, "organization_members", report.memberships_deleted)
 
 
 def _soft_delete_target(
@@ -209,10 +195,9 @@ def _soft_delete_target(
     """Clerk answered 404 for the target: soft-delete it (and so its memberships), unless written since
     the listing began."""
     report.found = False
-    column = organization_members.c.user_id if table == "profiles" else organization_members.c.organization_id
     with engine.begin() as conn:
         members = conn.execute(
-            sa.select(sa.func.count()).select_from(organization_members).where(column == report.target_id)
+            sa.select(sa.func.count()).select_from(organization_members).where(_members_of(report))
         ).scalar_one()
         deleted = delete(conn, [report.target_id], as_of=_now(conn), written_before=listing_started_at)
         report.soft_deleted = len(deleted)
@@ -220,6 +205,13 @@ def _soft_delete_target(
             report.memberships_deleted = members
             _log(conn, table, len(deleted))
             _log(conn, "organization_members", members)
+
+
+def _members_of(report: OnDemandReport) -> sa.ColumnElement[bool]:
+    """The target's rows of ``organization_members``."""
+    members = organization_members.c
+    column = members.user_id if report.target == "user" else members.organization_id
+    return column == report.target_id
 
 
 def _log(conn: Connection, table: str, rows: int) -> None:
