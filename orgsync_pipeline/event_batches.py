@@ -24,6 +24,7 @@ from orgsync_pipeline.store.inbox import InboxEvent
 from orgsync_pipeline.validation import (
     RowT,
     Validated,
+    ValidatedMemberships,
     membership_pair,
     record_id,
     record_updated_at,
@@ -123,22 +124,35 @@ def _merge_memberships(
     conn: sa.Connection, newest: Grouped, role_map: Mapping[str, str], result: BatchResult
 ) -> None:
     validated = validate_memberships([same[-1].payload["data"] for same in newest.values()], role_map)
-    counts = apply.apply_memberships(
+    counts = write_memberships(conn, validated)
+    if counts.memberships.quarantined:
+        raise MergeNeedsOneByOne("a membership's organization does not exist")
+    apply.quarantine(conn, validated.quarantined, source=SOURCE)
+    result.written.update(membership_writes(counts))
+    memberships = [record for record in validated.quarantined if record.entity is Entity.MEMBERSHIP]
+    result.extra_quarantined += len(validated.quarantined) - len(memberships)
+    _record_outcomes(newest, memberships, membership_pair, result)
+
+
+def write_memberships(conn: sa.Connection, validated: ValidatedMemberships) -> apply.MembershipApplyCounts:
+    """Write the memberships of webhook events (validated), after the organizations they embed and with
+    stubs of their users; quarantining what failed validation is the caller's."""
+    return apply.apply_memberships(
         conn,
         validated.rows,
         organizations_first=validated.organizations,
         profile_stubs=validated.profile_stubs,
         source=SOURCE,
     )
-    if counts.memberships.quarantined:
-        raise MergeNeedsOneByOne("a membership's organization does not exist")
-    apply.quarantine(conn, validated.quarantined, source=SOURCE)
-    result.written["organizations"] += counts.organizations.inserted + counts.organizations.updated
-    result.written["profiles"] += counts.profile_stubs
-    result.written["organization_members"] += counts.memberships.inserted + counts.memberships.updated
-    memberships = [record for record in validated.quarantined if record.entity is Entity.MEMBERSHIP]
-    result.extra_quarantined += len(validated.quarantined) - len(memberships)
-    _record_outcomes(newest, memberships, membership_pair, result)
+
+
+def membership_writes(counts: apply.MembershipApplyCounts) -> dict[str, int]:
+    """The rows :func:`write_memberships` wrote, per table."""
+    return {
+        "organizations": counts.organizations.inserted + counts.organizations.updated,
+        "profiles": counts.profile_stubs,
+        "organization_members": counts.memberships.inserted + counts.memberships.updated,
+    }
 
 
 def _record_outcomes(

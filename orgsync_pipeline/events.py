@@ -18,7 +18,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from orgsync_pipeline.event_batches import SOURCE, apply_upserts_together
+from orgsync_pipeline.event_batches import (
+    SOURCE,
+    apply_upserts_together,
+    membership_writes,
+    write_memberships,
+)
 from orgsync_pipeline.event_types import HANDLED_EVENTS, EventAction, EventFamily, split_event_type
 from orgsync_pipeline.rows import MembershipKey, QuarantinedRecord
 from orgsync_pipeline.settings import Settings
@@ -30,6 +35,8 @@ from orgsync_pipeline.validation import (
     MEMBERSHIP_ID,
     ORG_ID,
     USER_ID,
+    RowT,
+    Validated,
     membership_pair,
     record_updated_at,
     validate_memberships,
@@ -106,35 +113,14 @@ def apply_event(
     if action is EventAction.DELETED:
         return _apply_deletion(conn, family, data, occurred_at)
     if family is EventFamily.ORGANIZATION:
-        organizations = validate_organizations([data])
-        counts = apply.apply_organizations(conn, organizations.rows)
-        apply.quarantine(conn, organizations.quarantined, source=SOURCE)
-        if not organizations.rows:
-            return _quarantined(organizations.quarantined)
-        return EventOutcome(InboxStatus.APPLIED, written={"organizations": counts.inserted + counts.updated})
+        return _apply_record(conn, validate_organizations([data]), apply.apply_organizations, "organizations")
     if family is EventFamily.USER:
-        profiles = validate_profiles([data])
-        counts = apply.apply_profiles(conn, profiles.rows)
-        apply.quarantine(conn, profiles.quarantined, source=SOURCE)
-        if not profiles.rows:
-            return _quarantined(profiles.quarantined)
-        return EventOutcome(InboxStatus.APPLIED, written={"profiles": counts.inserted + counts.updated})
+        return _apply_record(conn, validate_profiles([data]), apply.apply_profiles, "profiles")
 
     memberships = validate_memberships([data], role_map)
-    membership_counts = apply.apply_memberships(
-        conn,
-        memberships.rows,
-        organizations_first=memberships.organizations,
-        profile_stubs=memberships.profile_stubs,
-        source=SOURCE,
-    )
+    membership_counts = write_memberships(conn, memberships)
     apply.quarantine(conn, memberships.quarantined, source=SOURCE)
-    written = {
-        "organizations": membership_counts.organizations.inserted + membership_counts.organizations.updated,
-        "profiles": membership_counts.profile_stubs,
-        "organization_members": membership_counts.memberships.inserted
-        + membership_counts.memberships.updated,
-    }
+    written = membership_writes(membership_counts)
     if not memberships.rows:
         return _quarantined(memberships.quarantined)
     if membership_counts.memberships.quarantined:
@@ -143,6 +129,20 @@ def apply_event(
         )
     # The membership landed; its embedded organization may still have been quarantined.
     return EventOutcome(InboxStatus.APPLIED, None, len(memberships.quarantined), written)
+
+
+def _apply_record(
+    conn: sa.Connection,
+    validated: Validated[RowT],
+    write: Callable[[sa.Connection, Sequence[RowT]], apply.ApplyCounts],
+    table: str,
+) -> EventOutcome:
+    """Write an organization's or a user's event (validated) to ``table``, or quarantine it."""
+    counts = write(conn, validated.rows)
+    apply.quarantine(conn, validated.quarantined, source=SOURCE)
+    if not validated.rows:
+        return _quarantined(validated.quarantined)
+    return EventOutcome(InboxStatus.APPLIED, written={table: counts.inserted + counts.updated})
 
 
 def _apply_deletion(
