@@ -13,18 +13,31 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from orgsync_pipeline.clerk.client import ClerkClient
 from orgsync_pipeline.clerk.paging import run_concurrently
-from orgsync_pipeline.rows import Entity, MembershipKey
+from orgsync_pipeline.rows import Entity, MembershipKey, QuarantinedRecord
 from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.retry import run_in_transaction
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles
+from orgsync_pipeline.store.staging import (
+    LISTING_TABLES,
+    analyze,
+    chunked,
+    copy_rows,
+    listed_memberships,
+    listed_organizations,
+    listed_profiles,
+    listing_seen,
+    listing_session,
+    seen_count,
+)
 from orgsync_pipeline.validation import (
     Validated,
     membership_pair,
@@ -108,6 +121,43 @@ def _full_sync_lock_key() -> tuple[sa.ColumnElement[int], ...]:
     return (sa.cast(sa.literal(FULL_SYNC_LOCK_CLASS), sa.Integer), sa.func.hashtext(sa.func.current_schema()))
 
 
+# Records validated and staged at a time: what a full sync holds in memory, whatever the instance's size.
+CHUNK_RECORDS = 10_000
+
+
+@dataclass(frozen=True)
+class SoftDeletedListing:
+    """How one soft-deleted table is listed, validated, staged, looked up and deleted."""
+
+    table: sa.Table
+    entity: Entity
+    listed: sa.Table
+    pages: Callable[[ClerkClient], Iterator[list[Any]]]
+    validate: Callable[[list[Any]], Validated[Any]]
+    lookup: Callable[[ClerkClient, str], Any]
+    delete: Callable[..., list[str]]
+
+
+ORGANIZATIONS = SoftDeletedListing(
+    table=organizations,
+    entity=Entity.ORGANIZATION,
+    listed=listed_organizations,
+    pages=ClerkClient.iter_organization_pages,
+    validate=validate_organizations,
+    lookup=ClerkClient.get_organization,
+    delete=apply.delete_organizations,
+)
+PROFILES = SoftDeletedListing(
+    table=profiles,
+    entity=Entity.PROFILE,
+    listed=listed_profiles,
+    pages=ClerkClient.iter_user_pages,
+    validate=validate_profiles,
+    lookup=ClerkClient.get_user,
+    delete=apply.delete_profiles,
+)
+
+
 def sync_organizations(
     engine: Engine,
     clerk: ClerkClient,
@@ -117,19 +167,7 @@ def sync_organizations(
     lock_wait_seconds: float = FULL_SYNC_LOCK_WAIT_SECONDS,
 ) -> SyncReport:
     """Make ``organizations`` match Clerk's complete organization listing."""
-    return _sync_soft_deleted_table(
-        engine,
-        settings,
-        log,
-        lock_wait_seconds=lock_wait_seconds,
-        table=organizations,
-        entity=Entity.ORGANIZATION,
-        pages=clerk.iter_organization_pages(),
-        validate=validate_organizations,
-        write=apply.apply_organizations,
-        still_exists=lambda org_id: clerk.get_organization(org_id) is not None,
-        delete=apply.delete_organizations,
-    )
+    return _sync_soft_deleted_table(engine, clerk, settings, log, ORGANIZATIONS, lock_wait_seconds)
 
 
 def sync_profiles(
@@ -141,81 +179,7 @@ def sync_profiles(
     lock_wait_seconds: float = FULL_SYNC_LOCK_WAIT_SECONDS,
 ) -> SyncReport:
     """Make ``profiles`` match Clerk's complete user listing."""
-    return _sync_soft_deleted_table(
-        engine,
-        settings,
-        log,
-        lock_wait_seconds=lock_wait_seconds,
-        table=profiles,
-        entity=Entity.PROFILE,
-        pages=clerk.iter_user_pages(),
-        validate=validate_profiles,
-        write=apply.apply_profiles,
-        still_exists=lambda user_id: clerk.get_user(user_id) is not None,
-        delete=apply.delete_profiles,
-    )
-
-
-def _sync_soft_deleted_table(
-    engine: Engine,
-    settings: Settings,
-    log: Log,
-    *,
-    lock_wait_seconds: float,
-    table: sa.Table,
-    **steps: Any,
-) -> SyncReport:
-    with full_sync_lock(engine, table.name, wait_seconds=lock_wait_seconds, log=log) as held:
-        if not held:
-            return SyncReport(table.name, skipped=SKIPPED)
-        return _sync_listed_table(engine, settings, log, table=table, **steps)
-
-
-def _sync_listed_table(
-    engine: Engine,
-    settings: Settings,
-    log: Log,
-    *,
-    table: sa.Table,
-    entity: Entity,
-    pages: Iterator[list[Any]],
-    validate: Callable[[list[Any]], Validated[Any]],
-    write: Callable[[Connection, Sequence[Any]], apply.ApplyCounts],
-    still_exists: Callable[[str], bool],
-    delete: Callable[..., list[str]],
-) -> SyncReport:
-    started = time.monotonic()
-    listing_started_at = database_now(engine)  # before the first page: ``pages`` is lazy
-    records = collect_listing(pages)
-    validated = validate(records)
-
-    def write_listing(conn: Connection) -> apply.ApplyCounts:
-        counts = write(conn, validated.rows)
-        apply.quarantine(conn, validated.quarantined, source=SOURCE)
-        apply.prune_quarantine(conn, entity, not_seen_since=listing_started_at)
-        return counts
-
-    counts = run_in_transaction(engine, write_listing, what=f"{table.name} full sync")
-    deleted = reconcile_soft_deletes(
-        engine,
-        table,
-        seen_ids={record_id(record) for record in records},
-        listing_started_at=listing_started_at,
-        still_exists=still_exists,
-        delete=delete,
-        max_fraction=settings.max_delete_fraction,
-        log=log,
-    )
-    return SyncReport(
-        table=table.name,
-        fetched=len(records),
-        inserted=counts.inserted,
-        updated=counts.updated,
-        unchanged=counts.unchanged,
-        deleted=deleted,
-        quarantined=len(validated.quarantined),
-        duration_seconds=time.monotonic() - started,
-    )
+    return _sync_soft_deleted_table(engine, clerk, settings, log, PROFILES, lock_wait_seconds)
 
 
 def sync_memberships(
@@ -232,41 +196,128 @@ def sync_memberships(
         return _sync_memberships(engine, clerk, settings, log) if held else SyncReport(table, skipped=SKIPPED)
 
 
+def _sync_soft_deleted_table(
+    engine: Engine, clerk: ClerkClient, settings: Settings, log: Log, spec: SoftDeletedListing, wait: float
+) -> SyncReport:
+    with full_sync_lock(engine, spec.table.name, wait_seconds=wait, log=log) as held:
+        if not held:
+            return SyncReport(spec.table.name, skipped=SKIPPED)
+        started = time.monotonic()
+        listing_started_at = database_now(engine)  # before the first page: ``pages`` is lazy
+        with listing_session(engine) as conn:
+
+            def stage_chunk(records: list[Any]) -> list[QuarantinedRecord]:
+                validated = spec.validate(records)
+                copy_rows(
+                    conn, listing_seen, ((record_id(r), None, None, record_updated_at(r)) for r in records)
+                )
+                copy_rows(conn, spec.listed, validated.rows)
+                return validated.quarantined
+
+            quarantined = stage_listing(engine, conn, spec.pages(clerk), stage_chunk)
+            counts = run_in_transaction(
+                conn,
+                lambda c: _write_listing(
+                    c, apply.apply_listed(c, spec.entity), spec.entity, listing_started_at
+                ),
+                what=f"{spec.table.name} full sync",
+            )
+            deleted = reconcile_soft_deletes(
+                engine,
+                conn,
+                spec,
+                clerk,
+                listing_started_at=listing_started_at,
+                max_fraction=settings.max_delete_fraction,
+                log=log,
+            )
+            fetched = seen_count(conn)
+    return SyncReport(
+        table=spec.table.name,
+        fetched=fetched,
+        inserted=counts.inserted,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
+        deleted=deleted,
+        quarantined=quarantined,
+        duration_seconds=time.monotonic() - started,
+    )
+
+
+CountsT = TypeVar("CountsT")
+
+
+def _write_listing(
+    conn: Connection, counts: CountsT, entity: Entity, listing_started_at: datetime
+) -> CountsT:
+    """After a listing's merge, in its transaction: drop quarantined records the listing no longer had."""
+    apply.prune_quarantine(conn, entity, not_seen_since=listing_started_at)
+    return counts
+
+
+def stage_listing(
+    engine: Engine,
+    conn: Connection,
+    pages: Iterable[list[Any]],
+    stage_chunk: Callable[[list[Any]], list[QuarantinedRecord]],
+) -> int:
+    """Stage a listing chunk by chunk in ``conn``'s listing tables as its pages arrive; quarantine each
+    chunk's invalid records at once. Returns how many were quarantined. Raises, with nothing merged,
+    when a page fails."""
+    quarantined = 0
+    for chunk in chunked(pages, CHUNK_RECORDS):
+        with conn.begin():
+            bad = stage_chunk(collect_listing([chunk]))
+        if bad:
+            run_in_transaction(
+                engine, partial(apply.quarantine, records=bad, source=SOURCE), what="quarantine"
+            )
+            quarantined += len(bad)
+    with conn.begin():
+        for table in LISTING_TABLES:
+            analyze(conn, table)
+    return quarantined
+
+
 def _sync_memberships(engine: Engine, clerk: ClerkClient, settings: Settings, log: Log) -> SyncReport:
     started = time.monotonic()
     listing_started_at = database_now(engine)
-    records = collect_listing(clerk.iter_membership_pages())
-    validated = validate_memberships(records, settings.role_map)
+    with listing_session(engine) as conn:
 
-    def write_listing(conn: Connection) -> apply.MembershipApplyCounts:
-        counts = apply.apply_memberships(
+        def stage_chunk(records: list[Any]) -> list[QuarantinedRecord]:
+            validated = validate_memberships(records, settings.role_map)
+            seen = ((record_id(r), *membership_pair(r), record_updated_at(r)) for r in records)
+            copy_rows(conn, listing_seen, seen)
+            copy_rows(conn, listed_memberships, validated.rows)
+            copy_rows(conn, listed_organizations, validated.organizations)
+            copy_rows(conn, listed_profiles, validated.profile_stubs)
+            return validated.quarantined
+
+        quarantined = stage_listing(engine, conn, clerk.iter_membership_pages(), stage_chunk)
+        counts = run_in_transaction(
             conn,
-            validated.rows,
-            organizations_first=validated.organizations,
-            profile_stubs=validated.profile_stubs,
-            source=SOURCE,
+            lambda c: _write_listing(
+                c, apply.apply_listed_memberships(c, source=SOURCE), Entity.MEMBERSHIP, listing_started_at
+            ),
+            what="organization_members full sync",
         )
-        apply.quarantine(conn, validated.quarantined, source=SOURCE)
-        apply.prune_quarantine(conn, Entity.MEMBERSHIP, not_seen_since=listing_started_at)
-        return counts
-
-    counts = run_in_transaction(engine, write_listing, what="organization_members full sync")
-    deleted = reconcile_memberships(
-        engine,
-        clerk,
-        seen_keys={key for key in map(_complete_pair, records) if key is not None},
-        listing_started_at=listing_started_at,
-        max_fraction=settings.max_delete_fraction,
-        log=log,
-    )
+        deleted = reconcile_memberships(
+            engine,
+            conn,
+            clerk,
+            listing_started_at=listing_started_at,
+            max_fraction=settings.max_delete_fraction,
+            log=log,
+        )
+        fetched = seen_count(conn)
     return SyncReport(
         table="organization_members",
-        fetched=len(records),
+        fetched=fetched,
         inserted=counts.memberships.inserted,
         updated=counts.memberships.updated,
         unchanged=counts.memberships.unchanged,
         deleted=deleted,
-        quarantined=len(validated.quarantined) + counts.memberships.quarantined,
+        quarantined=quarantined + counts.memberships.quarantined,
         duration_seconds=time.monotonic() - started,
         details={
             "profile_stubs_created": counts.profile_stubs,
@@ -318,39 +369,30 @@ def check_deletion_share(table: str, candidates: int, live: int, max_fraction: f
 
 def reconcile_soft_deletes(
     engine: Engine,
-    table: sa.Table,
+    conn: Connection,
+    spec: SoftDeletedListing,
+    clerk: ClerkClient,
     *,
-    seen_ids: set[str | None],
     listing_started_at: datetime,
-    still_exists: Callable[[str], bool],
-    delete: Callable[..., list[str]],
     max_fraction: float,
     log: Log,
 ) -> int:
-    """Soft-delete live rows absent from a complete listing, once Clerk confirms each is gone."""
-    with engine.connect() as conn:
-        live = conn.execute(sa.select(sa.func.count()).where(table.c.deleted_at.is_(None))).scalar_one()
-        unseen = [
-            row_id
-            for row_id in conn.execute(
-                sa.select(table.c.id).where(
-                    table.c.deleted_at.is_(None), _not_written_since(table, listing_started_at)
-                )
-            ).scalars()
-            if row_id not in seen_ids
-        ]
-    check_deletion_share(table.name, len(unseen), live, max_fraction)
-    exists = run_concurrently(still_exists, unseen)  # as fast as the process's Clerk rate limit allows
+    """Soft-delete live rows absent from a complete listing staged in ``conn`` (an anti-join on the ids
+    it held), once Clerk confirms each is gone."""
+    table = spec.table
+    live = table.c.deleted_at.is_(None)
+    unlisted = sa.select(table.c.id).where(
+        live,
+        _not_written_since(table, listing_started_at),
+        ~sa.exists().where(listing_seen.c.id == table.c.id),
+    )
+    unseen = _deletion_candidates(conn, table, sa.select(sa.func.count()).where(live), unlisted, max_fraction)
+    exists = run_concurrently(lambda row_id: spec.lookup(clerk, row_id) is not None, unseen)
     confirmed = [row_id for row_id, kept in zip(unseen, exists, strict=True) if not kept]
-    if len(confirmed) < len(unseen):
-        log.info(
-            "%s: %d rows missing from the listing still exist in Clerk; kept",
-            table.name,
-            len(unseen) - len(confirmed),
-        )
+    _log_kept(log, table.name, len(unseen) - len(confirmed))
     deleted = run_in_transaction(
         engine,
-        lambda conn: delete(conn, confirmed, as_of=_now(conn), written_before=listing_started_at),
+        lambda c: spec.delete(c, confirmed, as_of=_now(c), written_before=listing_started_at),
         what=f"{table.name} deletions",
     )
     if deleted:
@@ -360,43 +402,55 @@ def reconcile_soft_deletes(
 
 def reconcile_memberships(
     engine: Engine,
+    conn: Connection,
     clerk: ClerkClient,
     *,
-    seen_keys: set[tuple[str, str]],
     listing_started_at: datetime,
     max_fraction: float,
     log: Log,
 ) -> int:
-    """Delete memberships absent from a complete listing, once Clerk confirms each is gone."""
+    """Delete memberships absent from a complete listing staged in ``conn`` (an anti-join on the pairs it
+    held), once Clerk confirms each is gone."""
     members = organization_members
-    with engine.connect() as conn:
-        live = conn.execute(sa.select(sa.func.count()).select_from(members)).scalar_one()
-        unseen = [
-            MembershipKey(*row)
-            for row in conn.execute(
-                sa.select(members.c.organization_id, members.c.user_id, members.c.clerk_membership_id).where(
-                    _not_written_since(members, listing_started_at)
-                )
-            ).all()
-            if (row.organization_id, row.user_id) not in seen_keys
-        ]
-    check_deletion_share(members.name, len(unseen), live, max_fraction)
+    unlisted = sa.select(members.c.organization_id, members.c.user_id, members.c.clerk_membership_id).where(
+        _not_written_since(members, listing_started_at),
+        ~sa.exists().where(
+            listing_seen.c.organization_id == members.c.organization_id,
+            listing_seen.c.user_id == members.c.user_id,
+        ),
+    )
+    live = sa.select(sa.func.count()).select_from(members)
+    unseen = [
+        MembershipKey(*row) for row in _deletion_candidates(conn, members, live, unlisted, max_fraction)
+    ]
     confirmed = _confirm_memberships_gone(clerk, unseen)
-    if len(confirmed) < len(unseen):
-        log.info(
-            "organization_members: %d rows missing from the listing still exist in Clerk; kept",
-            len(unseen) - len(confirmed),
-        )
+    _log_kept(log, members.name, len(unseen) - len(confirmed))
     deleted = run_in_transaction(
         engine,
-        lambda conn: apply.delete_memberships(
-            conn, confirmed, as_of=_now(conn), written_before=listing_started_at
-        ),
+        lambda c: apply.delete_memberships(c, confirmed, as_of=_now(c), written_before=listing_started_at),
         what="organization_members deletions",
     )
     if deleted:
         log.info("organization_members: deleted %d memberships that Clerk no longer has", deleted)
     return deleted
+
+
+def _deletion_candidates(
+    conn: Connection, table: sa.Table, live: sa.Select[Any], unlisted: sa.Select[Any], max_fraction: float
+) -> list[Any]:
+    """The rows a listing did not have, counted against the table's live rows before any is loaded, so a
+    listing from the wrong instance is refused without reading the whole table into memory."""
+    with conn.begin():
+        live_rows = conn.execute(live).scalar_one()
+        candidates = conn.execute(sa.select(sa.func.count()).select_from(unlisted.subquery())).scalar_one()
+        check_deletion_share(table.name, candidates, live_rows, max_fraction)
+        rows = conn.execute(unlisted).all()
+    return [row[0] if len(row) == 1 else tuple(row) for row in rows]
+
+
+def _log_kept(log: Log, table: str, kept: int) -> None:
+    if kept:
+        log.info("%s: %d rows missing from the listing still exist in Clerk; kept", table, kept)
 
 
 def _confirm_memberships_gone(clerk: ClerkClient, keys: Sequence[MembershipKey]) -> list[MembershipKey]:

@@ -115,9 +115,10 @@ def test_resync_without_change_writes_nothing(seeded: ClerkEmulator, engine: Eng
     result = run_full_sync()
 
     assert result.success
-    for asset in ("organizations", "profiles", "organization_members"):
+    for asset, rows in (("organizations", 5), ("profiles", 12), ("organization_members", 15)):
         meta = metadata(result, asset)
         assert (meta["rows_inserted"], meta["rows_updated"], meta["rows_deleted"]) == (0, 0, 0), meta
+        assert (meta["rows_fetched"], meta["rows_unchanged"]) == (rows, rows), meta
     assert synced_at(engine) == before
 
 

@@ -24,7 +24,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from psycopg import sql
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
@@ -37,7 +36,7 @@ from orgsync_pipeline.rows import (
 )
 from orgsync_pipeline.storable import storable_id, storable_json, storable_text
 from orgsync_pipeline.store.deletes import delete_memberships, delete_organizations, delete_profiles
-from orgsync_pipeline.store.locking import delete_quarantined_where, in_write_turn
+from orgsync_pipeline.store.locking import delete_quarantined_where, in_write_turn, take_write_turn
 from orgsync_pipeline.store.schema import (
     ORG_ROLE,
     membership_tombstones,
@@ -46,6 +45,16 @@ from orgsync_pipeline.store.schema import (
     profiles,
     sync_quarantine,
 )
+from orgsync_pipeline.store.staging import (
+    listed_memberships,
+    listed_organizations,
+    listed_profiles,
+    stage_memberships,
+    stage_newest_listed,
+    stage_organizations,
+    stage_profiles,
+    stage_rows,
+)
 
 RowT = TypeVar("RowT", OrganizationRow, ProfileRow, MembershipRow)
 
@@ -53,6 +62,8 @@ RowT = TypeVar("RowT", OrganizationRow, ProfileRow, MembershipRow)
 __all__ = [
     "ApplyCounts",
     "MembershipApplyCounts",
+    "apply_listed",
+    "apply_listed_memberships",
     "apply_memberships",
     "apply_organizations",
     "apply_profiles",
@@ -84,65 +95,8 @@ class MembershipApplyCounts:
     profile_stubs: int = 0
 
 
-# Staging tables: one per row shape, temporary and dropped at commit. Timestamps stay Clerk's
-# milliseconds here; the merge converts them exactly with orgsync_ms_to_timestamptz (sql/0001).
-_stage_metadata = sa.MetaData()
-
-
-def _stage_table(name: str, *columns: sa.Column[Any]) -> sa.Table:
-    return sa.Table(name, _stage_metadata, *columns, prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
-
-
-_stage_organizations = _stage_table(
-    "orgsync_stage_organizations",
-    sa.Column("id", sa.Text),
-    sa.Column("name", sa.Text),
-    sa.Column("slug", sa.Text),
-    sa.Column("image_url", sa.Text),
-    sa.Column("public_metadata", pg.JSONB),
-    sa.Column("created_at", sa.BigInteger),
-    sa.Column("updated_at", sa.BigInteger),
-)
-_stage_profiles = _stage_table(
-    "orgsync_stage_profiles",
-    sa.Column("id", sa.Text),
-    sa.Column("email", sa.Text),
-    sa.Column("first_name", sa.Text),
-    sa.Column("last_name", sa.Text),
-    sa.Column("image_url", sa.Text),
-    sa.Column("created_at", sa.BigInteger),
-    sa.Column("updated_at", sa.BigInteger),
-)
-_stage_memberships = _stage_table(
-    "orgsync_stage_memberships",
-    sa.Column("id", sa.Text),
-    sa.Column("organization_id", sa.Text),
-    sa.Column("user_id", sa.Text),
-    sa.Column("role", sa.Text),
-    sa.Column("clerk_role", sa.Text),
-    sa.Column("created_at", sa.BigInteger),
-    sa.Column("updated_at", sa.BigInteger),
-)
-
-
 def _ms_to_timestamptz(column: sa.ColumnElement[int]) -> sa.ColumnElement[datetime]:
     return sa.func.orgsync_ms_to_timestamptz(column, type_=sa.DateTime(timezone=True))
-
-
-def _stage(conn: Connection, stage: sa.Table, rows: Iterable[tuple[Any, ...]]) -> None:
-    """(Re)create ``stage`` in this transaction, fill it with ``COPY`` and give the planner its stats."""
-    stage.drop(conn, checkfirst=True)
-    stage.create(conn)
-    name = sql.Identifier(stage.name)
-    columns = sql.SQL(", ").join(sql.Identifier(column.name) for column in stage.columns)
-    driver = conn.connection.driver_connection
-    if driver is None:
-        raise RuntimeError("the connection has no open DBAPI connection")
-    with driver.cursor() as cursor:
-        with cursor.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(name, columns)) as copy:
-            for row in rows:
-                copy.write_row(row)
-        cursor.execute(sql.SQL("ANALYZE {}").format(name))
 
 
 def _newest_per_key(rows: Iterable[RowT], key: Callable[[RowT], object]) -> list[RowT]:
@@ -236,35 +190,52 @@ def _release_quarantine(conn: Connection, entity: Entity, stage: sa.Table) -> No
     )
 
 
-def _merge_organizations(conn: Connection, rows: Sequence[OrganizationRow]) -> ApplyCounts:
-    rows = _newest_per_key(rows, lambda row: row.id)
-    if not rows:
-        return ApplyCounts()
-    _stage(conn, _stage_organizations, rows)
-    content = ("name", "slug", "image_url", "public_metadata")
-    return _merge_entity(conn, organizations, _stage_organizations, content, len(rows))
+ORGANIZATION_CONTENT = ("name", "slug", "image_url", "public_metadata")
+PROFILE_CONTENT = ("email", "first_name", "last_name", "image_url")
 
 
 @in_write_turn
 def apply_organizations(conn: Connection, rows: Sequence[OrganizationRow]) -> ApplyCounts:
     """Upsert validated organizations: inserts new ones, updates changed ones that are newer."""
-    counts = _merge_organizations(conn, rows)
-    if counts.received:
-        _release_quarantine(conn, Entity.ORGANIZATION, _stage_organizations)
-    return counts
+    received = stage_rows(conn, stage_organizations, _newest_per_key(rows, lambda row: row.id))
+    return _merge_staged_entity(conn, Entity.ORGANIZATION, received)
 
 
 @in_write_turn
 def apply_profiles(conn: Connection, rows: Sequence[ProfileRow]) -> ApplyCounts:
     """Upsert validated profiles (Clerk users): inserts new ones, updates changed ones that are newer."""
-    rows = _newest_per_key(rows, lambda row: row.id)
-    if not rows:
+    received = stage_rows(conn, stage_profiles, _newest_per_key(rows, lambda row: row.id))
+    return _merge_staged_entity(conn, Entity.PROFILE, received)
+
+
+def apply_listed(conn: Connection, entity: Entity) -> ApplyCounts:
+    """Upsert a full sync's staged listing of organizations or profiles (see :mod:`.staging`): the newest
+    version of each record, unless a newer version of it failed validation."""
+    stage, listed = _ENTITY_STAGES[entity]
+    received = stage_newest_listed(conn, stage, listed, ["id"], record_key="id")
+    take_write_turn(conn)  # after staging: the turn is held only while the synced tables are written
+    return _merge_staged_entity(conn, entity, received)
+
+
+def _merge_staged_entity(conn: Connection, entity: Entity, received: int) -> ApplyCounts:
+    """Merge the staged organizations or profiles, then release the quarantined records that now validate."""
+    if not received:
         return ApplyCounts()
-    _stage(conn, _stage_profiles, rows)
-    content = ("email", "first_name", "last_name", "image_url")
-    counts = _merge_entity(conn, profiles, _stage_profiles, content, len(rows))
-    _release_quarantine(conn, Entity.PROFILE, _stage_profiles)
+    stage, _ = _ENTITY_STAGES[entity]
+    target, content = (
+        (organizations, ORGANIZATION_CONTENT)
+        if entity == Entity.ORGANIZATION
+        else (profiles, PROFILE_CONTENT)
+    )
+    counts = _merge_entity(conn, target, stage, content, received)
+    _release_quarantine(conn, entity, stage)
     return counts
+
+
+_ENTITY_STAGES = {
+    Entity.ORGANIZATION: (stage_organizations, listed_organizations),
+    Entity.PROFILE: (stage_profiles, listed_profiles),
+}
 
 
 @in_write_turn
@@ -274,11 +245,12 @@ def insert_profile_stubs(conn: Connection, stubs: Sequence[ProfileRow]) -> int:
     A stub has no Clerk timestamps, so the user's own record replaces it whenever it arrives; an
     existing profile (deleted or not) is never touched.
     """
-    stubs = _newest_per_key(stubs, lambda row: row.id)
-    if not stubs:
-        return 0
-    _stage(conn, _stage_profiles, stubs)
-    stage = _stage_profiles
+    received = stage_rows(conn, stage_profiles, _newest_per_key(stubs, lambda row: row.id))
+    return _insert_staged_stubs(conn) if received else 0
+
+
+def _insert_staged_stubs(conn: Connection) -> int:
+    stage = stage_profiles
     columns = ("id", "email", "first_name", "last_name", "image_url")
     statement = (
         pg.insert(profiles)
@@ -310,20 +282,62 @@ def apply_memberships(
     Locks follow the one order of :mod:`orgsync_pipeline.store.locking`: organizations, profiles,
     memberships, then the quarantine.
     """
+    staged = MembershipStages(
+        organizations=stage_rows(
+            conn, stage_organizations, _newest_per_key(organizations_first, lambda r: r.id)
+        ),
+        profile_stubs=stage_rows(conn, stage_profiles, _newest_per_key(profile_stubs, lambda r: r.id)),
+        memberships=stage_rows(
+            conn, stage_memberships, _newest_per_key(rows, lambda r: (r.organization_id, r.user_id))
+        ),
+    )
+    return _merge_staged_memberships(conn, staged, source=source)
+
+
+def apply_listed_memberships(conn: Connection, *, source: str) -> MembershipApplyCounts:
+    """Upsert a full sync's staged membership listing (see :mod:`.staging`) with its organizations and
+    user stubs: the newest version of each, unless a newer version of the membership failed validation."""
+    staged = MembershipStages(
+        organizations=stage_newest_listed(
+            conn, stage_organizations, listed_organizations, ["id"], record_key=None
+        ),
+        profile_stubs=stage_newest_listed(conn, stage_profiles, listed_profiles, ["id"], record_key=None),
+        memberships=stage_newest_listed(
+            conn, stage_memberships, listed_memberships, ["organization_id", "user_id"], record_key="id"
+        ),
+    )
+    take_write_turn(conn)  # after staging: the turn is held only while the synced tables are written
+    return _merge_staged_memberships(conn, staged, source=source)
+
+
+@dataclass(frozen=True)
+class MembershipStages:
+    """How many rows each stage of a membership apply holds."""
+
+    organizations: int
+    profile_stubs: int
+    memberships: int
+
+
+def _merge_staged_memberships(
+    conn: Connection, staged: MembershipStages, *, source: str
+) -> MembershipApplyCounts:
     result = MembershipApplyCounts()
-    result.organizations = _merge_organizations(conn, organizations_first)
-    result.profile_stubs = insert_profile_stubs(conn, profile_stubs)
-    rows = _newest_per_key(rows, lambda row: (row.organization_id, row.user_id))
-    if rows:
-        result.memberships = _merge_memberships(conn, rows, source=source)
-    if result.organizations.received:
-        _release_quarantine(conn, Entity.ORGANIZATION, _stage_organizations)
+    if staged.organizations:
+        result.organizations = _merge_entity(
+            conn, organizations, stage_organizations, ORGANIZATION_CONTENT, staged.organizations
+        )
+    if staged.profile_stubs:
+        result.profile_stubs = _insert_staged_stubs(conn)
+    if staged.memberships:
+        result.memberships = _merge_memberships(conn, staged.memberships, source=source)
+    if staged.organizations:
+        _release_quarantine(conn, Entity.ORGANIZATION, stage_organizations)
     return result
 
 
-def _merge_memberships(conn: Connection, rows: Sequence[MembershipRow], *, source: str) -> ApplyCounts:
-    stage = _stage_memberships
-    _stage(conn, stage, rows)
+def _merge_memberships(conn: Connection, received: int, *, source: str) -> ApplyCounts:
+    stage = stage_memberships
     quarantined = _orphans(conn, stage)
     updated_at = _ms_to_timestamptz(stage.c.updated_at)
     values: dict[str, sa.ColumnElement[Any]] = {
@@ -353,7 +367,7 @@ def _merge_memberships(conn: Connection, rows: Sequence[MembershipRow], *, sourc
     )
     compared = ("clerk_membership_id", "role", "clerk_role", "joined_at", "updated_at")
     counts = _merge(
-        conn, organization_members, ["organization_id", "user_id"], values, alive, compared, len(rows)
+        conn, organization_members, ["organization_id", "user_id"], values, alive, compared, received
     )
     counts.unchanged -= len(quarantined)
     counts.quarantined = quarantine(conn, quarantined, source=source)

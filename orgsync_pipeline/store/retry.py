@@ -9,7 +9,8 @@ what the ordering cannot cover (a foreign-key check, an index page split).
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -69,21 +70,22 @@ def backoff_seconds(attempt: int) -> float:
 
 
 def run_in_transaction(
-    engine: Engine,
+    engine: Engine | Connection,
     fn: Callable[[Connection], T],
     *,
     attempts: int = DEFAULT_ATTEMPTS,
     what: str = "write transaction",
 ) -> T:
     """Run ``fn(conn)`` in a transaction of its own and commit; on a deadlock, serialization failure
-    or lock timeout, roll back and run it again (at most ``attempts`` times in all).
+    or lock timeout, roll back and run it again (at most ``attempts`` times in all). Given a connection
+    rather than an engine, every attempt runs on it (its session's temporary tables stay visible).
 
     ``fn`` must do nothing but database work in ``conn`` (it may run more than once, and only the
     last run commits). Any other error, or the last attempt's, is raised.
     """
     for attempt in range(1, attempts + 1):
         try:
-            with engine.begin() as conn:
+            with _transaction(engine) as conn:
                 return fn(conn)
         except sa.exc.DBAPIError as exc:
             if attempt == attempts or not is_retryable(exc):
@@ -100,3 +102,13 @@ def run_in_transaction(
             )
             time.sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+@contextmanager
+def _transaction(target: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(target, Engine):
+        with target.begin() as conn:
+            yield conn
+    else:
+        with target.begin():
+            yield target
