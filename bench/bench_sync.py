@@ -231,6 +231,29 @@ FLOOR_TABLE = sa.Table("floor_rows", sa.MetaData(), sa.Column("id", sa.Text), sa
 
 def run(args: argparse.Namespace) -> Section:
     started = time.perf_counter()
+    tenth = None
+    if args.with_tenth:
+        small = argparse.Namespace(**{**vars(args), "orgs": args.orgs // 10, "users": args.users // 10})
+        tenth = measure(small)
+    runs, floors, emulator, pg_version = measure(args)
+    section = render(args, runs, floors, emulator, pg_version, time.perf_counter() - started)
+    if tenth is not None:
+        peak = max(r.peak_rss for r in runs)
+        tenth_peak = max(r.peak_rss for r in tenth[0])
+        section.body += (
+            f"\nMemory against size, in this run: peak RSS {peak:,.0f} MiB at this size and "
+            f"{tenth_peak:,.0f} MiB at one tenth ({tenth[2].counts[2]:,} memberships): "
+            f"ratio {peak / tenth_peak:.2f} "
+            f"(target ≤ 1.2: {'met' if peak <= 1.2 * tenth_peak else 'missed'}); "
+            f"target ≤ 400 MiB: {'met' if peak <= 400 else 'missed'}.\n"
+        )
+    return section
+
+
+def measure(
+    args: argparse.Namespace,
+) -> tuple[list[TableRun], dict[str, float], EmulatorProcess, str]:
+    """The floor, a first sync and a no-change resync of all three tables at one size."""
     emulator = EmulatorProcess(args.orgs, args.users, args.memberships_per_org, args.seed)
     print(f"emulator seeded with {emulator.counts} in {emulator.seed_seconds:.1f}s at {emulator.api_url}")
     logging.basicConfig(level=logging.WARNING)
@@ -239,7 +262,10 @@ def run(args: argparse.Namespace) -> Section:
     runs: list[TableRun] = []
     try:
         server = server_url(args.database_url)
-        with bench_schema(server) as url, ClerkClient(emulator.secret_key, emulator.api_url) as clerk:
+        with (
+            bench_schema(server) as url,
+            ClerkClient(emulator.secret_key, emulator.api_url, rate_limit=args.rate_limit) as clerk,
+        ):
             engine = migrated_engine_for(url)
             pg_version = postgres_version(url)
             floors = measure_floor(engine, clerk)
@@ -259,7 +285,7 @@ def run(args: argparse.Namespace) -> Section:
     finally:
         emulator.stop()
     check(runs, emulator.counts)
-    return render(args, runs, floors, emulator, pg_version, time.perf_counter() - started)
+    return runs, floors, emulator, pg_version
 
 
 def check(runs: list[TableRun], counts: tuple[int, int, int]) -> None:
@@ -351,6 +377,7 @@ def render(
 
 Emulator seeded with {n_orgs:,} organizations, {n_users:,} users and {n_memberships:,} memberships
 ({args.memberships_per_org} per organization) in a child process in {emulator.seed_seconds:.1f}s.
+The client may send {args.rate_limit:,} requests per 10 s (`--rate-limit`).
 {pg_version}. {machine()}. Benchmark wall time {total:.0f}s.
 
 The floor is fetching every page of the three listings with the same client and `COPY`ing each
@@ -373,6 +400,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--memberships-per-org", type=int, default=10)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=1000,
+        help="requests per 10 s the client may send (default 1,000: a production instance's limit)",
+    )
+    parser.add_argument(
+        "--with-tenth",
+        action="store_true",
+        help="first run the benchmark at one tenth of the organizations and users, to compare peak memory",
+    )
     add_database_argument(parser)
     return run_benchmark(parser, run, argv)
 
