@@ -39,7 +39,7 @@ def serve_webhooks_command(args: argparse.Namespace) -> int:
     from orgsync_pipeline.webhooks import serve
 
     check_port_free(args.host, args.port)
-    serve(args.host, args.port, apply=args.apply)
+    serve(args.host, args.port, apply=args.apply, workers=args.workers)
     return 0
 
 
@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes receiving on the port, each with its own database pool (about one per core)",
+    )
+    serve.add_argument(
         "--apply",
         choices=WEBHOOK_APPLY_MODES,
         default=None,
@@ -232,6 +238,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
     # The demo tells its own story; other commands log what they do.
     own_level = logging.WARNING if args.run is demo_command else logging.INFO
     configure_logging(verbose=args.verbose, log_format=log_format, own_level=own_level)
+
+
+def _positive_int(raw: str) -> int:
+    if not raw.isdecimal() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
 
 
 def _report_failure(exc: Exception) -> int:

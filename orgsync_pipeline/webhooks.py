@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -172,16 +173,35 @@ def _verified_event(
     return headers, event
 
 
-def serve(host: str, port: int, apply: str | None = None) -> None:
+def serve(host: str, port: int, apply: str | None = None, workers: int = 1) -> None:
     """Run the receiver under uvicorn until interrupted; ``apply`` ("inline" or "sensor") overrides
-    ``ORGSYNC_WEBHOOK_APPLY``."""
+    ``ORGSYNC_WEBHOOK_APPLY``. With ``workers`` above 1, uvicorn runs that many processes on the one
+    port, each with its own app, connection pool and (inline) apply worker; the inbox's drain lock
+    lets one of them apply at a time."""
     settings = load_settings()
     if apply is not None:
         settings = dataclasses.replace(settings, webhook_apply=apply)
-    app = create_app(settings)
+    app = create_app(settings)  # also checks the settings here, before any worker process starts
     log.info("receiving Clerk webhooks at http://%s:%s/webhooks/clerk (also /healthz, /metrics)", host, port)
-    # log_config=None: uvicorn logs through the handlers the orgsync command configured.
-    uvicorn.run(app, host=host, port=port, log_config=None)
+    if workers == 1:
+        # log_config=None: uvicorn logs through the handlers the orgsync command configured.
+        uvicorn.run(app, host=host, port=port, log_config=None)
+        return
+    log.info("with %d worker processes", workers)
+    # Worker processes read their settings from the environment, as this process did.
+    os.environ["ORGSYNC_WEBHOOK_APPLY"] = settings.webhook_apply
+    uvicorn.run(
+        f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port, log_config=None
+    )
+
+
+def worker_app() -> Starlette:
+    """The app of one ``serve-webhooks --workers`` process (uvicorn calls this in each)."""
+    from orgsync_pipeline.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(verbose=False, log_format=settings.log_format, own_level=logging.INFO)
+    return create_app(settings)
 
 
 def _apply_worker_lifespan(
