@@ -159,10 +159,13 @@ def _merge(
         # Checked again: a concurrent writer may have changed the row since the filter ran.
         where=_should_write(target, {name: excluded[name] for name in values}, compared),
     ).returning(_WAS_INSERTED)
-    flags = conn.execute(statement).scalars().all()
-    inserted = sum(1 for flag in flags if flag)
+    # Counted in the database: a million RETURNING rows would otherwise be a million Python objects.
+    written = statement.cte("written")
+    inserted, changed = conn.execute(
+        sa.select(sa.func.count().filter(written.c.inserted), sa.func.count()).select_from(written)
+    ).one()
     return ApplyCounts(
-        received=received, inserted=inserted, updated=len(flags) - inserted, unchanged=received - len(flags)
+        received=received, inserted=inserted, updated=changed - inserted, unchanged=received - changed
     )
 
 
