@@ -14,42 +14,42 @@ Timestamps stay Clerk's milliseconds here; the merge converts them exactly with
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection, Engine
 
+from orgsync_pipeline.rows import MembershipRow, OrganizationRow, ProfileRow
+
 ColumnSpec = tuple[tuple[str, Any], ...]
 
-ORGANIZATION_COLUMNS: ColumnSpec = (
-    ("id", sa.Text),
-    ("name", sa.Text),
-    ("slug", sa.Text),
-    ("image_url", sa.Text),
-    ("public_metadata", pg.JSONB),
-    ("created_at", sa.BigInteger),
-    ("updated_at", sa.BigInteger),
-)
-PROFILE_COLUMNS: ColumnSpec = (
-    ("id", sa.Text),
-    ("email", sa.Text),
-    ("first_name", sa.Text),
-    ("last_name", sa.Text),
-    ("image_url", sa.Text),
-    ("created_at", sa.BigInteger),
-    ("updated_at", sa.BigInteger),
-)
-MEMBERSHIP_COLUMNS: ColumnSpec = (
-    ("id", sa.Text),
-    ("organization_id", sa.Text),
-    ("user_id", sa.Text),
-    ("role", sa.Text),
-    ("clerk_role", sa.Text),
-    ("created_at", sa.BigInteger),
-    ("updated_at", sa.BigInteger),
-)
+
+def _columns_of(row_type: type[tuple[Any, ...]]) -> ColumnSpec:
+    """A stage's columns from the row type ``COPY`` writes into it, in its field order: integers (Clerk's
+    millisecond timestamps) as bigint, ``public_metadata`` (JSON text) as jsonb, the rest as text."""
+    hints = get_type_hints(row_type)
+    return tuple(
+        (
+            name,
+            pg.JSONB
+            if name == "public_metadata"
+            else sa.BigInteger
+            if int in _types(hints[name])
+            else sa.Text,
+        )
+        for name in row_type._fields  # type: ignore[attr-defined]
+    )
+
+
+def _types(hint: Any) -> tuple[Any, ...]:
+    return get_args(hint) or (hint,)
+
+
+ORGANIZATION_COLUMNS = _columns_of(OrganizationRow)
+PROFILE_COLUMNS = _columns_of(ProfileRow)
+MEMBERSHIP_COLUMNS = _columns_of(MembershipRow)
 # Every record a listing had: its id (None when unusable), a membership's pair, its updated_at (-1: none).
 SEEN_COLUMNS: ColumnSpec = (
     ("id", sa.Text),
