@@ -158,7 +158,8 @@ PROFILES = SoftDeletedListing(
 )
 
 
-def sync_organizations(
+def full_sync(
+    table: str,
     engine: Engine,
     clerk: ClerkClient,
     settings: Settings,
@@ -166,72 +167,51 @@ def sync_organizations(
     *,
     lock_wait_seconds: float = FULL_SYNC_LOCK_WAIT_SECONDS,
 ) -> SyncReport:
-    """Make ``organizations`` match Clerk's complete organization listing."""
-    return _sync_soft_deleted_table(engine, clerk, settings, log, ORGANIZATIONS, lock_wait_seconds)
-
-
-def sync_profiles(
-    engine: Engine,
-    clerk: ClerkClient,
-    settings: Settings,
-    log: Log,
-    *,
-    lock_wait_seconds: float = FULL_SYNC_LOCK_WAIT_SECONDS,
-) -> SyncReport:
-    """Make ``profiles`` match Clerk's complete user listing."""
-    return _sync_soft_deleted_table(engine, clerk, settings, log, PROFILES, lock_wait_seconds)
-
-
-def sync_memberships(
-    engine: Engine,
-    clerk: ClerkClient,
-    settings: Settings,
-    log: Log,
-    *,
-    lock_wait_seconds: float = FULL_SYNC_LOCK_WAIT_SECONDS,
-) -> SyncReport:
-    """Make ``organization_members`` match Clerk's instance-wide membership listing."""
-    table = organization_members.name
+    """Make ``table`` (organizations, profiles or organization_members) match Clerk's complete listing
+    of it. Skips, saying so in the report, when another full sync holds it past ``lock_wait_seconds``."""
     with full_sync_lock(engine, table, wait_seconds=lock_wait_seconds, log=log) as held:
-        return _sync_memberships(engine, clerk, settings, log) if held else SyncReport(table, skipped=SKIPPED)
+        if not held:
+            return SyncReport(table, skipped=SKIPPED)
+        if table == organization_members.name:
+            return _sync_memberships(engine, clerk, settings, log)
+        spec = ORGANIZATIONS if table == organizations.name else PROFILES
+        return _sync_soft_deleted_table(engine, clerk, settings, log, spec)
+
+
+sync_organizations = partial(full_sync, organizations.name)
+sync_profiles = partial(full_sync, profiles.name)
+sync_memberships = partial(full_sync, organization_members.name)
 
 
 def _sync_soft_deleted_table(
-    engine: Engine, clerk: ClerkClient, settings: Settings, log: Log, spec: SoftDeletedListing, wait: float
+    engine: Engine, clerk: ClerkClient, settings: Settings, log: Log, spec: SoftDeletedListing
 ) -> SyncReport:
-    with full_sync_lock(engine, spec.table.name, wait_seconds=wait, log=log) as held:
-        if not held:
-            return SyncReport(spec.table.name, skipped=SKIPPED)
-        started = time.monotonic()
-        listing_started_at = database_now(engine)  # before the first page: ``pages`` is lazy
-        with listing_session(engine) as conn:
+    started = time.monotonic()
+    listing_started_at = database_now(engine)  # before the first page: ``pages`` is lazy
+    with listing_session(engine) as conn:
 
-            def stage_chunk(records: list[Any]) -> list[QuarantinedRecord]:
-                validated = spec.validate(records)
-                copy_rows(
-                    conn, listing_seen, ((record_id(r), None, None, record_updated_at(r)) for r in records)
-                )
-                copy_rows(conn, spec.listed, validated.rows)
-                return validated.quarantined
+        def stage_chunk(records: list[Any]) -> list[QuarantinedRecord]:
+            validated = spec.validate(records)
+            copy_rows(conn, listing_seen, ((record_id(r), None, None, record_updated_at(r)) for r in records))
+            copy_rows(conn, spec.listed, validated.rows)
+            return validated.quarantined
 
-            quarantined = stage_listing(engine, conn, spec.pages(clerk), stage_chunk)
-            counts = run_in_transaction(
-                conn,
-                lambda c: _write_listing(
-                    c, apply.apply_listed(c, spec.entity), spec.entity, listing_started_at
-                ),
-                what=f"{spec.table.name} full sync",
-            )
-            deleted = reconcile_soft_deletes(
-                engine,
-                conn,
-                spec,
-                clerk,
-                listing_started_at=listing_started_at,
-                max_fraction=settings.max_delete_fraction,
-                log=log,
-            )
-            fetched = seen_count(conn)
+        quarantined = stage_listing(engine, conn, spec.pages(clerk), stage_chunk)
+        counts = run_in_transaction(
+            conn,
+            lambda c: _write_listing(c, apply.apply_listed(c, spec.entity), spec.entity, listing_started_at),
+            what=f"{spec.table.name} full sync",
+        )
+        deleted = reconcile_soft_deletes(
+            engine,
+            conn,
+            spec,
+            clerk,
+            listing_started_at=listing_started_at,
+            max_fraction=settings.max_delete_fraction,
+            log=log,
+        )
+        fetched = seen_count(conn)
     return SyncReport(
         table=spec.table.name,
         fetched=fetched,
