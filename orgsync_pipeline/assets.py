@@ -1,6 +1,5 @@
 """One asset per synced table; each runs the full sync of its table from Clerk."""
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
@@ -11,8 +10,8 @@ from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.client import ClerkClient
 from orgsync_pipeline.failures import step_failures
-from orgsync_pipeline.resources import ClerkResource, PostgresResource
-from orgsync_pipeline.settings import Settings, load_settings
+from orgsync_pipeline.resources import ClerkResource, PostgresResource, SyncPolicyResource
+from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import schema, sync_runs
 from orgsync_pipeline.sync import Log, SyncReport, sync_memberships, sync_organizations, sync_profiles
 
@@ -35,7 +34,8 @@ class FullSyncConfig(dg.Config):
         ge=0,
         le=1,
         description="For this run only: the largest share of the table this sync may delete (0 to 1). "
-        "Unset: ORGSYNC_MAX_DELETE_FRACTION (default 0.2). Raise it once when Clerk really lost rows.",
+        "Unset: the sync_policy resource's max_delete_fraction (ORGSYNC_MAX_DELETE_FRACTION, default "
+        "0.2). Raise it once when Clerk really lost rows.",
     )
 
 
@@ -69,17 +69,17 @@ def _sync_table(
     config: FullSyncConfig,
     clerk: ClerkResource,
     postgres: PostgresResource,
+    sync_policy: SyncPolicyResource,
     table: sa.Table,
     sync: SyncTable,
 ) -> dg.MaterializeResult[None]:
-    """Run one table's full sync, recorded in ``sync_runs``; failures become one-line step failures."""
-    settings = load_settings()
-    if config.max_delete_fraction is not None:
-        settings = dataclasses.replace(settings, max_delete_fraction=config.max_delete_fraction)
+    """Run one table's full sync, recorded in ``sync_runs``; failures become one-line step failures.
+    The run's config may raise the delete limit for this run; everything else comes from resources."""
     with (
         step_failures(),
         sync_runs.recorded(postgres.migrated_engine(), table.name, context.run.run_id) as run,
     ):
+        settings = sync_policy.settings(max_delete_fraction=config.max_delete_fraction)
         with clerk.client() as client:
             report = sync(run.engine, client, settings, context.log)
         run.counts = report.metadata()
@@ -96,6 +96,7 @@ def organizations(
     config: FullSyncConfig,
     clerk: ClerkResource,
     postgres: PostgresResource,
+    sync_policy: SyncPolicyResource,
 ) -> dg.MaterializeResult[None]:
     """Clerk organizations in the `organizations` table.
 
@@ -103,7 +104,9 @@ def organizations(
     changed rows, quarantines invalid ones in `sync_quarantine`, and soft-deletes (`deleted_at`)
     organizations Clerk confirms are gone, together with their memberships.
     """
-    return _sync_table(context, config, clerk, postgres, schema.organizations, sync_organizations)
+    return _sync_table(
+        context, config, clerk, postgres, sync_policy, schema.organizations, sync_organizations
+    )
 
 
 @_table_asset(schema.profiles)
@@ -112,13 +115,14 @@ def profiles(
     config: FullSyncConfig,
     clerk: ClerkResource,
     postgres: PostgresResource,
+    sync_policy: SyncPolicyResource,
 ) -> dg.MaterializeResult[None]:
     """Clerk users in the `profiles` table (primary email, names, image).
 
     Lists every user (`GET /users`, 500 per page), validates, upserts the changed rows,
     quarantines invalid ones, and soft-deletes users Clerk confirms are gone, with their memberships.
     """
-    return _sync_table(context, config, clerk, postgres, schema.profiles, sync_profiles)
+    return _sync_table(context, config, clerk, postgres, sync_policy, schema.profiles, sync_profiles)
 
 
 @_table_asset(schema.organization_members, deps=[organizations, profiles])
@@ -127,15 +131,18 @@ def organization_members(
     config: FullSyncConfig,
     clerk: ClerkResource,
     postgres: PostgresResource,
+    sync_policy: SyncPolicyResource,
 ) -> dg.MaterializeResult[None]:
     """Clerk organization memberships in the `organization_members` table, with app roles.
 
     Lists every membership instance-wide (`GET /organization_memberships`), maps Clerk role keys to
-    the app's `org_role` (defaults plus `ORGSYNC_ROLE_MAP`; an unmapped role is quarantined), writes
-    each membership's organization and a profile stub for users the user listing missed, then
-    deletes memberships Clerk confirms are gone.
+    the app's `org_role` (defaults plus the `sync_policy` resource's `role_map`, ORGSYNC_ROLE_MAP; an
+    unmapped role is quarantined), writes each membership's organization and a profile stub for users
+    the user listing missed, then deletes memberships Clerk confirms are gone.
     """
-    return _sync_table(context, config, clerk, postgres, schema.organization_members, sync_memberships)
+    return _sync_table(
+        context, config, clerk, postgres, sync_policy, schema.organization_members, sync_memberships
+    )
 
 
 full_sync_assets = [organizations, profiles, organization_members]

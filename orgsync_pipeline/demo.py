@@ -141,8 +141,8 @@ def _demo_webhook(emulator: ClerkEmulator, database_url: str, instance: Any, out
     the sensor reporting the receiver's writes to Dagster."""
     import dagster as dg
 
-    from orgsync_pipeline.resources import PostgresResource
-    from orgsync_pipeline.sensors import clerk_webhook_sensor
+    from orgsync_pipeline.resources import PostgresResource, WebhookApplyResource
+    from orgsync_pipeline.sensors import webhook_sensor
     from orgsync_pipeline.webhooks import create_app, serve_in_thread
 
     secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
@@ -168,9 +168,12 @@ def _demo_webhook(emulator: ClerkEmulator, database_url: str, instance: Any, out
 
     # Under `orgsync dev` the daemon evaluates the sensor every few seconds; here we do it once and
     # record what it reports (the receiver's writes, as materializations) in the demo's instance.
-    resources = {"postgres": PostgresResource(database_url=database_url)}
+    resources = {
+        "postgres": PostgresResource(database_url=database_url),
+        "webhook_apply": WebhookApplyResource(mode=load_settings().webhook_apply),
+    }
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        tick = clerk_webhook_sensor(context)
+        tick = webhook_sensor()(context)
     events = list(getattr(tick, "asset_events", None) or [])
     for event in events:
         instance.report_runless_asset_event(event)

@@ -1,9 +1,10 @@
 """``clerk_webhook_sensor``: backstop for the receivers' inline apply, and witness of their writes.
 
 Backstop: it launches ``clerk_webhook_apply`` for pending events the receivers left behind (pending
-longer than ``ORGSYNC_WEBHOOK_BACKSTOP_SECONDS`` in inline mode; at once in sensor mode) and for
-retries that are due. Witness: every tick it reports the writes made outside runs (inline apply,
-on-demand syncs), read from ``write_log``, as materializations of the tables they touched.
+longer than the ``webhook_apply`` resource's ``backstop_seconds`` in inline mode; at once in sensor
+mode) and for retries that are due. Witness: every tick it reports the writes made outside runs
+(inline apply, on-demand syncs), read from ``write_log``, as materializations of the tables they
+touched. The sensor's interval is fixed when the code location loads (``webhook_sensor``).
 """
 
 import json
@@ -13,8 +14,8 @@ from typing import Any
 import dagster as dg
 
 from orgsync_pipeline.jobs import clerk_webhook_apply
-from orgsync_pipeline.resources import PostgresResource
-from orgsync_pipeline.settings import Settings, load_settings
+from orgsync_pipeline.resources import PostgresResource, WebhookApplyResource
+from orgsync_pipeline.settings import DEFAULT_WEBHOOK_SENSOR_INTERVAL, Settings
 from orgsync_pipeline.store import write_log
 from orgsync_pipeline.store.database import schema_is_current
 from orgsync_pipeline.store.inbox import InboxSummary, claimable_summary
@@ -27,25 +28,35 @@ IN_PROGRESS = [
 ]
 CURSOR_KEY = "write_log_batch"
 PATH_NAMES = {"webhook": "by the receivers' inline apply", "on_demand": "by on-demand syncs"}
+SENSOR_NAME = "clerk_webhook_sensor"
 
 
-@dg.sensor(
-    name="clerk_webhook_sensor",
-    job=clerk_webhook_apply,
-    minimum_interval_seconds=load_settings().webhook_sensor_interval,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "Launches clerk_webhook_apply for webhook events the receivers left pending (or every pending "
-        "event with ORGSYNC_WEBHOOK_APPLY=sensor) and for due retries, one run at a time; reports "
-        "the writes made outside runs (inline apply, on-demand syncs) as materializations."
-    ),
-)
-def clerk_webhook_sensor(
-    context: dg.SensorEvaluationContext, postgres: PostgresResource
+def webhook_sensor(
+    minimum_interval_seconds: int = DEFAULT_WEBHOOK_SENSOR_INTERVAL,
+) -> dg.SensorDefinition:
+    """``clerk_webhook_sensor``, evaluated every ``minimum_interval_seconds``: ``definitions`` takes it
+    from ``definition_settings().webhook_sensor_interval`` (ORGSYNC_WEBHOOK_SENSOR_INTERVAL)."""
+    return dg.sensor(
+        name=SENSOR_NAME,
+        job=clerk_webhook_apply,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Launches clerk_webhook_apply for webhook events the receivers left pending (or every "
+            "pending event when the webhook_apply resource's mode is sensor) and for due retries, one "
+            "run at a time; reports the writes made outside runs (inline apply, on-demand syncs) as "
+            "materializations."
+        ),
+    )(evaluate_webhook_sensor)
+
+
+def evaluate_webhook_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource, webhook_apply: WebhookApplyResource
 ) -> dg.SensorResult | dg.SkipReason:
-    """Two cheap queries per tick; the inbox says what is left to apply, the write log (with the
-    cursor naming the last batch reported) what is left to report."""
-    settings = load_settings()
+    """One tick: two cheap queries; the inbox says what is left to apply, the write log (with the
+    cursor naming the last batch reported) what is left to report. The mode and the backstop delay
+    come from the ``webhook_apply`` resource."""
+    settings = webhook_apply.settings()
     previous = parse_cursor(context.cursor)
     engine = postgres.engine()
     if not schema_is_current(engine):  # a sensor never runs DDL

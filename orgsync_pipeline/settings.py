@@ -123,7 +123,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         webhook_batch_size=int(
             _number(env, "ORGSYNC_WEBHOOK_BATCH_SIZE", DEFAULT_WEBHOOK_BATCH_SIZE, minimum=1)
         ),
-        webhook_apply=_webhook_apply_mode(env.get("ORGSYNC_WEBHOOK_APPLY")),
+        webhook_apply=parse_webhook_apply_mode(env.get("ORGSYNC_WEBHOOK_APPLY")),
         webhook_backstop_seconds=_number(
             env, "ORGSYNC_WEBHOOK_BACKSTOP_SECONDS", DEFAULT_WEBHOOK_BACKSTOP_SECONDS, minimum=0
         ),
@@ -131,6 +131,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=_log_format(env.get("ORGSYNC_LOG_FORMAT")),
         auto_migrate=parse_switch("ORGSYNC_AUTO_MIGRATE", env.get("ORGSYNC_AUTO_MIGRATE"), default=True),
     )
+
+
+def definition_settings() -> Settings:
+    """The settings the code location is built from, read once when Dagster loads it.
+
+    ``orgsync_pipeline.definitions`` calls this once: the schedule's cron and the sensor's interval
+    are fixed when a definition is made, and the resources take their non-secret values from here
+    (secrets go to them as ``dg.EnvVar``, read when a run starts). No other module reads the
+    environment at import time.
+    """
+    return load_settings()
 
 
 def is_set(name: str) -> bool:
@@ -158,7 +169,8 @@ def parse_role_map(raw: str | None) -> dict[str, str]:
     return role_map
 
 
-def _webhook_apply_mode(raw: str | None) -> str:
+def parse_webhook_apply_mode(raw: str | None) -> str:
+    """``ORGSYNC_WEBHOOK_APPLY``: inline (the default) or sensor, in any case."""
     mode = (raw or "inline").strip().lower()
     if mode not in WEBHOOK_APPLY_MODES:
         raise SettingsError(

@@ -16,8 +16,7 @@ from orgsync_pipeline.assets import WEBHOOK_GROUP
 from orgsync_pipeline.checks import dead_events_evaluation
 from orgsync_pipeline.events import apply_pending_events
 from orgsync_pipeline.failures import step_failures
-from orgsync_pipeline.resources import PostgresResource
-from orgsync_pipeline.settings import load_settings
+from orgsync_pipeline.resources import PostgresResource, SyncPolicyResource, WebhookApplyResource
 
 WEBHOOK_TABLES = ("organizations", "profiles", "organization_members")
 
@@ -39,15 +38,20 @@ webhook_inbox = dg.AssetSpec(
     description=(
         "Apply pending webhook events in Clerk's order through the same validation and write path as "
         "the full sync (newer wins; deletions are final for older data). A transient failure is "
-        "retried with backoff and is `dead` after ORGSYNC_WEBHOOK_MAX_ATTEMPTS; an event that can "
-        "never apply is quarantined at once."
+        "retried with backoff and is `dead` after the webhook_apply resource's max_attempts; an event "
+        "that can never apply is quarantined at once."
     ),
 )
-def apply_webhook_events(context: dg.OpExecutionContext, postgres: PostgresResource) -> Iterator[Any]:
+def apply_webhook_events(
+    context: dg.OpExecutionContext,
+    postgres: PostgresResource,
+    sync_policy: SyncPolicyResource,
+    webhook_apply: WebhookApplyResource,
+) -> Iterator[Any]:
     """Drain the inbox; report each table written, observe the inbox, evaluate its dead-event check."""
     engine = postgres.migrated_engine()
     with step_failures():
-        report = apply_pending_events(engine, load_settings(), context.log)
+        report = apply_pending_events(engine, webhook_apply.settings(sync_policy), context.log)
     summary = report.metadata()
     lags = {key: value for key, value in summary.items() if key.startswith("lag_seconds")}
     for table in WEBHOOK_TABLES:

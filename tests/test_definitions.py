@@ -1,5 +1,6 @@
 """The code location loads, is shaped as documented, and keeps secrets out of runs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import sqlalchemy as sa
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
+from orgsync_pipeline.resources import SyncPolicyResource
+from orgsync_pipeline.settings import DEFAULT_ROLE_MAP, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,6 +81,55 @@ def test_full_sync_cron_is_configurable() -> None:
         timeout=120,
     )
     assert completed.stdout.strip() == "*/15 * * * *", completed.stderr[-2000:]
+
+
+RESOURCE_FIELDS = {
+    "clerk": {"secret_key", "api_url", "rate_limit", "max_attempts", "retry_seconds"},
+    "postgres": {"database_url", "auto_migrate", "home"},
+    "sync_policy": {"role_map", "max_delete_fraction"},
+    "webhook_apply": {"mode", "backstop_seconds", "max_attempts", "batch_size"},
+}
+
+
+def test_resources_expose_every_run_setting_as_a_described_field() -> None:
+    """The role map, the delete limit, Clerk's retry budget and the webhook batch size and attempts are
+    fields of the code location's resources, each with a description the UI shows, and carry the
+    values read from the environment when the code location loaded."""
+    resources = defs.get_repository_def().get_top_level_resources()
+    assert set(resources) == set(RESOURCE_FIELDS)
+    for key, names in RESOURCE_FIELDS.items():
+        fields = resources[key].config_schema.as_field().config_type.fields
+        assert set(fields) == names, key
+        for name, field in fields.items():
+            assert field.description, f"{key}.{name} has no description"
+    values = {key: resource.config_schema.as_field().default_value for key, resource in resources.items()}
+    assert values["sync_policy"]["max_delete_fraction"] == 0.2
+    assert json.loads(values["sync_policy"]["role_map"]) == DEFAULT_ROLE_MAP
+    assert values["webhook_apply"]["batch_size"] == 500
+    assert values["clerk"]["max_attempts"] == 8
+    assert values["clerk"]["secret_key"] == {"env": "CLERK_SECRET_KEY"}
+
+
+def test_resources_show_no_secret() -> None:
+    """The Clerk key and the database URL are EnvVars: the resources' repr and config schema name the
+    variables, never their values."""
+    key = os.environ["CLERK_SECRET_KEY"]
+    resources = defs.get_repository_def().get_top_level_resources()
+    for name in ("clerk", "postgres"):
+        shown = repr(defs.resources[name]) + str(resources[name].config_schema.as_field().default_value)
+        assert key not in shown and os.environ["DATABASE_URL"] not in shown, shown
+    assert "CLERK_SECRET_KEY" in repr(defs.resources["clerk"])
+    assert "DATABASE_URL" in repr(defs.resources["postgres"])
+
+
+def test_a_bad_role_map_on_the_resource_is_the_settings_error() -> None:
+    """A role map set on the resource is checked like ORGSYNC_ROLE_MAP, with the same one-line error."""
+    with pytest.raises(SettingsError, match="ORGSYNC_ROLE_MAP maps 'org:x' to 'boss'"):
+        SyncPolicyResource(role_map='{"org:x": "boss"}').settings()
+    assert (
+        SyncPolicyResource(max_delete_fraction=0.5).settings(max_delete_fraction=0.9).max_delete_fraction
+        == 0.9
+    )
 
 
 def test_secrets_stay_out_of_runs(

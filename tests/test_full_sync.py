@@ -9,9 +9,11 @@ from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
+from orgsync_pipeline.resources import SyncPolicyResource
 from orgsync_pipeline.rows import OrganizationRow
 from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles, sync_quarantine
+from tests.run_resources import clerk_resource
 
 
 def run_full_sync(**kwargs: Any) -> dg.ExecuteInProcessResult:
@@ -216,11 +218,9 @@ def test_refused_key_fails_at_once_without_writing_or_leaking_it(
     assert wrong_key not in logs
 
 
-def test_unmapped_role_is_quarantined_while_the_rest_lands(
-    seeded: ClerkEmulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unmapped_role_is_quarantined_while_the_rest_lands(seeded: ClerkEmulator, engine: Engine) -> None:
     """A custom role without a mapping goes to sync_quarantine with its reason; after mapping it in
-    ORGSYNC_ROLE_MAP it lands and leaves the quarantine."""
+    the sync_policy resource's role_map (ORGSYNC_ROLE_MAP) it lands and leaves the quarantine."""
     org_id = next(iter(seeded.organizations))
     billing_user = seeded.create_user("Bill", "Ing", "bill@example.com")["id"]
     billing = seeded.create_membership(org_id, billing_user, role="org:billing")
@@ -238,8 +238,8 @@ def test_unmapped_role_is_quarantined_while_the_rest_lands(
     assert checks(result)[("organization_members", "no_quarantined_records")] is False
     assert metadata(result, "organization_members")["rows_quarantined"] == 1
 
-    monkeypatch.setenv("ORGSYNC_ROLE_MAP", '{"org:billing": "member"}')
-    result = run_full_sync()
+    billing_mapped = SyncPolicyResource(role_map='{"org:billing": "member"}')
+    result = run_full_sync(resources={"sync_policy": billing_mapped})
 
     assert result.success
     assert (org_id, billing_user, "member", "org:billing") in members(engine)
@@ -282,17 +282,15 @@ def test_deletions_in_clerk_are_reconciled(seeded: ClerkEmulator, engine: Engine
     assert metadata(result, "organization_members")["rows_deleted"] == 1
 
 
-def test_partial_listing_fails_the_run_and_deletes_nothing(
-    emulator: ClerkEmulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_partial_listing_fails_the_run_and_deletes_nothing(emulator: ClerkEmulator, engine: Engine) -> None:
     """When a page keeps failing after retries, the run fails and no row is deleted."""
-    monkeypatch.setenv("ORGSYNC_CLERK_MAX_ATTEMPTS", "2")
+    two_attempts = {"clerk": clerk_resource(max_attempts=2)}
     orgs = [emulator.create_organization(f"Org {i}")["id"] for i in range(502)]
-    assert run_full_sync().success
+    assert run_full_sync(resources=two_attempts).success
     emulator.delete_organization(orgs[0])
     emulator.inject_fault("/organizations", 500, times=-1, query={"offset": "500"})
 
-    result = run_full_sync()
+    result = run_full_sync(resources=two_attempts)
 
     assert not result.success
     assert "organizations" in failure_message(result)

@@ -14,8 +14,7 @@ from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
-from orgsync_pipeline.resources import PostgresResource
-from orgsync_pipeline.sensors import clerk_webhook_sensor
+from orgsync_pipeline.resources import PostgresResource, WebhookApplyResource
 from orgsync_pipeline.settings import load_settings
 from orgsync_pipeline.store.locking import drain_lock_key
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles, webhook_inbox
@@ -48,9 +47,13 @@ def none_pending(engine: Engine) -> bool:
 
 
 def evaluate(database_url: str, cursor: str | None, instance: dg.DagsterInstance) -> Any:
-    resources = {"postgres": PostgresResource(database_url=database_url)}
+    """One tick of the code location's sensor in inline mode (the default webhook_apply resource)."""
+    resources = {
+        "postgres": PostgresResource(database_url=database_url),
+        "webhook_apply": WebhookApplyResource(mode="inline"),
+    }
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
-        return clerk_webhook_sensor(context)
+        return defs.resolve_sensor_def("clerk_webhook_sensor")(context)
 
 
 def reported(result: Any) -> dict[tuple[str, str], int]:

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
 from orgsync_pipeline.failures import redact
 from orgsync_pipeline.store.sync_runs import sync_runs
+from tests.run_resources import fast_clerk_retries
 
 ORGSYNC = [sys.executable, "-m", "orgsync_pipeline.cli"]
 PASSWORD = "hunter2-db-pass"
@@ -139,16 +139,9 @@ def test_bad_number_setting_is_named(cli_env: dict[str, str], database_url: str)
 # --- Dagster steps -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fast_clerk_retries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("ORGSYNC_CLERK_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("ORGSYNC_CLERK_RETRY_SECONDS", "1")
-    yield
-
-
-def run_full_sync() -> dg.ExecuteInProcessResult:
+def run_full_sync(resources: dict[str, Any] | None = None) -> dg.ExecuteInProcessResult:
     return defs.resolve_job_def("clerk_full_sync").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, resources=resources
     )
 
 
@@ -205,12 +198,10 @@ def test_empty_key_names_the_variable(
     assert recorded_failure(engine, "profiles") == description
 
 
-def test_unreachable_clerk_names_the_url_variable(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, fast_clerk_retries: None
-) -> None:
-    monkeypatch.setenv("CLERK_API_URL", f"http://127.0.0.1:{closed_port()}/v1")
+def test_unreachable_clerk_names_the_url_variable(engine: Engine) -> None:
+    unreachable = fast_clerk_retries(api_url=f"http://127.0.0.1:{closed_port()}/v1")
 
-    description, metadata = step_failure(run_full_sync(), "organizations")
+    description, metadata = step_failure(run_full_sync(unreachable), "organizations")
 
     assert "Clerk did not answer" in description and "CLERK_API_URL" in description
     assert len(description.splitlines()) <= 2

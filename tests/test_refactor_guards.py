@@ -9,6 +9,7 @@ merge, and the pruning of stale quarantine.
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -17,15 +18,16 @@ from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
+from orgsync_pipeline.resources import SyncPolicyResource
 from orgsync_pipeline.rows import OrganizationRow
 from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.schema import organization_members, organizations, sync_quarantine, webhook_inbox
 from tests.conftest import Receiver
 
 
-def run_full_sync() -> dg.ExecuteInProcessResult:
+def run_full_sync(resources: dict[str, Any] | None = None) -> dg.ExecuteInProcessResult:
     return defs.resolve_job_def("clerk_full_sync").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, resources=resources
     )
 
 
@@ -68,25 +70,24 @@ def quarantined(engine: Engine) -> list[tuple[str, str | None]]:
 # -- the delete limit ----------------------------------------------------------------------------
 
 
-def test_the_configured_delete_share_is_the_limit(
-    emulator: ClerkEmulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With ORGSYNC_MAX_DELETE_FRACTION=0.4, deleting 3 of 10 organizations (over the default 20%)
-    goes through; then deleting 3 of the 7 left (43%) is refused and deletes nothing."""
-    monkeypatch.setenv("ORGSYNC_MAX_DELETE_FRACTION", "0.4")
+def test_the_configured_delete_share_is_the_limit(emulator: ClerkEmulator, engine: Engine) -> None:
+    """With the sync_policy resource's max_delete_fraction at 0.4 (ORGSYNC_MAX_DELETE_FRACTION=0.4),
+    deleting 3 of 10 organizations (over the default 20%) goes through; then deleting 3 of the 7 left
+    (43%) is refused and deletes nothing."""
+    policy = {"sync_policy": SyncPolicyResource(max_delete_fraction=0.4)}
     orgs = [emulator.create_organization(f"Org {i}")["id"] for i in range(10)]
-    assert run_full_sync().success
+    assert run_full_sync(policy).success
 
     for org_id in orgs[:3]:
         emulator.delete_organization(org_id)
-    result = run_full_sync()
+    result = run_full_sync(policy)
 
     assert result.success
     assert live_org_ids(engine) == set(orgs[3:])
 
     for org_id in orgs[3:6]:
         emulator.delete_organization(org_id)
-    result = run_full_sync()
+    result = run_full_sync(policy)
 
     assert not result.success
     assert "ORGSYNC_MAX_DELETE_FRACTION" in failure_message(result)

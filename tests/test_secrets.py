@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import httpx
@@ -15,6 +16,7 @@ import pytest
 from orgsync_pipeline.clerk.emulator import DEFAULT_SECRET_KEY, ClerkEmulator
 from orgsync_pipeline.definitions import defs
 from tests.conftest import Receiver
+from tests.run_resources import fast_clerk_retries
 
 REPO = Path(__file__).resolve().parents[1]
 DB_PASSWORD = "pw-canary-7f3a9c"
@@ -22,11 +24,11 @@ UNREACHABLE_DB = f"postgresql://orgsync:{DB_PASSWORD}@127.0.0.1:1/orgsync"
 WRONG_KEY = "sk_test_canaryKEY9b1e4d7c2a"
 
 
-def run_full_sync() -> tuple[dg.ExecuteInProcessResult, str]:
+def run_full_sync(resources: dict[str, Any] | None = None) -> tuple[dg.ExecuteInProcessResult, str]:
     """Run clerk_full_sync; return the result and every event record of the run as text."""
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def("clerk_full_sync").execute_in_process(
-        instance=instance, raise_on_error=False
+        instance=instance, raise_on_error=False, resources=resources
     )
     records = instance.get_records_for_run(result.run_id).records
     run = instance.get_run_by_id(result.run_id)
@@ -50,8 +52,6 @@ def test_a_failing_sync_shows_no_secret(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     emulator.seed_sample(organizations=2, users=3, memberships_per_org=1)
-    monkeypatch.setenv("ORGSYNC_CLERK_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("ORGSYNC_CLERK_RETRY_SECONDS", "1")
     key = DEFAULT_SECRET_KEY
     if failure == "clerk-refuses-key":
         key = WRONG_KEY
@@ -62,7 +62,7 @@ def test_a_failing_sync_shows_no_secret(
     else:
         monkeypatch.setenv("DATABASE_URL", UNREACHABLE_DB)
 
-    result, records = run_full_sync()
+    result, records = run_full_sync(resources=fast_clerk_retries())
 
     assert not result.success
     out, err = capfd.readouterr()

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
 from orgsync_pipeline.events import apply_pending_events
+from orgsync_pipeline.resources import WebhookApplyResource
 from orgsync_pipeline.settings import load_settings
 from orgsync_pipeline.store.locking import drain_lock_key
 from orgsync_pipeline.store.schema import (
@@ -32,9 +33,9 @@ def clerk() -> ClerkEmulator:
     return ClerkEmulator()
 
 
-def apply_events() -> dg.ExecuteInProcessResult:
+def apply_events(resources: dict[str, Any] | None = None) -> dg.ExecuteInProcessResult:
     result = defs.resolve_job_def("clerk_webhook_apply").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, resources=resources
     )
     assert result.success
     return result
@@ -327,9 +328,10 @@ def test_a_transient_failure_is_retried_then_dead_and_fails_the_check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An event that fails for a reason that may pass (here a lock timeout: another transaction holds
-    the organizations table) is kept with its error, retried after a backoff, and dead after
-    ORGSYNC_WEBHOOK_MAX_ATTEMPTS; the other events of its batch land; the dead one fails a check."""
-    monkeypatch.setenv("ORGSYNC_WEBHOOK_MAX_ATTEMPTS", "2")
+    the organizations table) is kept with its error, retried after a backoff, and dead after the
+    webhook_apply resource's max_attempts; the other events of its batch land; the dead one fails a
+    check."""
+    two_attempts = {"webhook_apply": WebhookApplyResource(max_attempts=2)}
     url = sa.make_url(database_url)
     options = f"{url.query['options']} -clock_timeout=200"
     monkeypatch.setenv("DATABASE_URL", url.update_query_dict({"options": options}).render_as_string(False))
@@ -340,7 +342,7 @@ def test_a_transient_failure_is_retried_then_dead_and_fails_the_check(
 
     with engine.connect() as holder:
         holder.execute(sa.text("LOCK TABLE organizations IN SHARE MODE"))
-        result = apply_events()
+        result = apply_events(two_attempts)
 
         assert profile_row(engine, user["id"]) is not None
         with engine.connect() as conn:
@@ -350,7 +352,7 @@ def test_a_transient_failure_is_retried_then_dead_and_fails_the_check(
         assert failed.next_attempt_at > failed.received_at
         assert (run_metadata(result)["events_failed"], run_metadata(result)["events_applied"]) == (1, 1)
 
-        apply_events()  # the backoff has not passed: nothing to retry yet
+        apply_events(two_attempts)  # the backoff has not passed: nothing to retry yet
         with engine.connect() as conn:
             attempts = conn.execute(
                 sa.select(webhook_inbox.c.attempts).where(webhook_inbox.c.id == failed.id)
@@ -358,7 +360,7 @@ def test_a_transient_failure_is_retried_then_dead_and_fails_the_check(
             assert attempts.scalar() == 1
         with engine.begin() as conn:
             conn.execute(sa.update(webhook_inbox).values(next_attempt_at=sa.func.now()))
-        result = apply_events()
+        result = apply_events(two_attempts)
         holder.rollback()
 
     with engine.connect() as conn:

@@ -1,36 +1,33 @@
-"""`clerk_webhook_sensor` in sensor mode (ORGSYNC_WEBHOOK_APPLY=sensor: every write inside a Dagster
-run), evaluated with `build_sensor_context` against a real inbox. Inline mode's backstop and the
-write-log witness are in test_inline_apply.py."""
+"""`clerk_webhook_sensor` in sensor mode (the webhook_apply resource's mode, ORGSYNC_WEBHOOK_APPLY=sensor:
+every write inside a Dagster run), evaluated with `build_sensor_context` against a real inbox. Inline
+mode's backstop and the write-log witness are in test_inline_apply.py."""
 
 import uuid
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 from dagster._core.storage.dagster_run import DagsterRun
 from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
-from orgsync_pipeline.resources import PostgresResource
-from orgsync_pipeline.sensors import clerk_webhook_sensor
+from orgsync_pipeline.resources import PostgresResource, WebhookApplyResource
 from orgsync_pipeline.store.schema import organizations, webhook_inbox
 from tests.conftest import Receiver
-
-
-@pytest.fixture(autouse=True)
-def sensor_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sensor reads the mode from the environment at each evaluation."""
-    monkeypatch.setenv("ORGSYNC_WEBHOOK_APPLY", "sensor")
 
 
 def evaluate(
     instance: dg.DagsterInstance, database_url: str, cursor: str | None = None
 ) -> dg.SensorResult | dg.SkipReason:
-    with dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"postgres": PostgresResource(database_url=database_url)}
-    ) as context:
-        return clerk_webhook_sensor(context)
+    """One tick of the code location's sensor; the mode comes from its webhook_apply resource."""
+    resources = {
+        "postgres": PostgresResource(database_url=database_url),
+        "webhook_apply": WebhookApplyResource(mode="sensor"),
+    }
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = defs.resolve_sensor_def("clerk_webhook_sensor")(context)
+    assert isinstance(result, dg.SensorResult | dg.SkipReason)
+    return result
 
 
 def add_run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus) -> str:
