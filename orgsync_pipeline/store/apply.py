@@ -388,13 +388,13 @@ def _merge_memberships(conn: Connection, received: int, *, source: str) -> Apply
 
 def _orphans(conn: Connection, stage: sa.Table) -> list[QuarantinedRecord]:
     """Staged memberships whose organization or user does not exist, as quarantine records."""
+    # Outer joins, not ``NOT EXISTS … OR NOT EXISTS``: PostgreSQL runs an OR of two subqueries as an
+    # index probe per staged row, and outer joins as two hash joins (seconds less per million rows).
     orphans = conn.execute(
-        sa.select(stage).where(
-            sa.or_(
-                ~sa.exists().where(organizations.c.id == stage.c.organization_id),
-                ~sa.exists().where(profiles.c.id == stage.c.user_id),
-            )
-        )
+        sa.select(stage)
+        .outerjoin(organizations, organizations.c.id == stage.c.organization_id)
+        .outerjoin(profiles, profiles.c.id == stage.c.user_id)
+        .where(sa.or_(organizations.c.id.is_(None), profiles.c.id.is_(None)))
     ).all()
     return [
         QuarantinedRecord(
