@@ -4,17 +4,23 @@ through. Everything goes through the real parts: events are posted, signed, to t
 loopback HTTP and applied by the real drain into the test's PostgreSQL schema.
 """
 
+import base64
+import dataclasses
+import json
 import logging
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from orgsync_pipeline.clerk.emulator import ClerkEmulator
+from orgsync_pipeline.clerk.emulator import ClerkEmulator, svix_headers
 from orgsync_pipeline.events import EventOutcome, apply_event, apply_pending_events
-from orgsync_pipeline.settings import load_settings
+from orgsync_pipeline.settings import Secret, load_settings
 from orgsync_pipeline.store.inbox import InboxStatus
 from orgsync_pipeline.store.schema import (
     membership_tombstones,
@@ -24,6 +30,7 @@ from orgsync_pipeline.store.schema import (
     webhook_inbox,
 )
 from orgsync_pipeline.store.write_log import write_log
+from orgsync_pipeline.webhooks import MAX_BODY_BYTES, create_app, serve_in_thread
 from tests.conftest import Receiver
 
 log = logging.getLogger(__name__)
@@ -357,3 +364,129 @@ def test_when_the_batch_merge_fails_each_event_applies_alone_with_the_drivers_er
             ).scalar_one()
             == 0
         )
+
+
+# -- events.py: the drain's batches, write log and run metadata ----------------------------------
+
+
+def test_the_drain_counts_its_batches_and_logs_each_batchs_writes(
+    receiver: Receiver, clerk: ClerkEmulator, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five organizations with ORGSYNC_WEBHOOK_BATCH_SIZE=2: three batches, each merged set-based
+    (no fallback to one event at a time), each logging its own rows and lag; the run's metadata
+    reports the batches and the largest lag the write log holds."""
+    monkeypatch.setenv("ORGSYNC_WEBHOOK_BATCH_SIZE", "2")
+    for i in range(5):
+        deliver(receiver, clerk, "organization.created", clerk.create_organization(f"Org {i}"))
+    fallback = logging.getLogger("orgsync-mutation-guards")
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    fallback.addHandler(handler)
+    fallback.setLevel(logging.INFO)
+    try:
+        report = apply_pending_events(engine, load_settings(), fallback, write_path="webhook")
+    finally:
+        fallback.removeHandler(handler)
+
+    assert not [message for message in messages if "fell back" in message]
+    with engine.connect() as conn:
+        logged = conn.execute(
+            sa.select(write_log.c.table_name, write_log.c.rows, write_log.c.lag_seconds).order_by(
+                write_log.c.id
+            )
+        ).all()
+    assert [(table, rows) for table, rows, _lag in logged] == [
+        ("organizations", 2),
+        ("organizations", 2),
+        ("organizations", 1),
+    ]
+    assert all(lag is not None for _table, _rows, lag in logged)
+    metadata = report.metadata()
+    assert (metadata["batches"], metadata["events_applied"]) == (3, 5)
+    assert metadata["lag_seconds_max"] == round(max(lag for _table, _rows, lag in logged), 3)
+    for key in ("duration_seconds", "lag_seconds_p50", "lag_seconds_p95", "lag_seconds_max"):
+        assert isinstance(metadata[key], float), key
+        assert metadata[key] == round(metadata[key], 3), key  # milliseconds, as documented
+
+
+# -- webhooks.py: the receiver's answers -----------------------------------------------------------
+
+
+def post_signed(url: str, secret: str, body: bytes, **overrides: str) -> httpx.Response:
+    headers = {**svix_headers(secret, body), "content-type": "application/json", **overrides}
+    return httpx.post(f"{url}/webhooks/clerk", content=body, headers=headers, timeout=30)
+
+
+def inbox_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(webhook_inbox)).scalar_one()
+
+
+def an_event(clerk: ClerkEmulator) -> bytes:
+    return json.dumps(
+        clerk.event_envelope("organization.created", clerk.create_organization("Acme"))
+    ).encode()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_the_limit_is_a_413_that_says_why(
+    receiver: Receiver, engine: Engine, clerk: ClerkEmulator, chunked: bool
+) -> None:
+    body = b'{"pad":"' + b"x" * MAX_BODY_BYTES + b'"}'
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 256 * 1024):
+            yield body[start : start + 256 * 1024]
+
+    headers = {**svix_headers(receiver.secret, body), "content-type": "application/json"}
+    content = chunks() if chunked else body
+    response = httpx.post(f"{receiver.url}/webhooks/clerk", content=content, headers=headers, timeout=30)
+
+    assert response.status_code == 413
+    assert response.json() == {"error": f"body over {MAX_BODY_BYTES} bytes"}
+    assert inbox_count(engine) == 0
+
+
+def test_a_database_that_refuses_connections_is_a_503_with_retry_after(
+    database_url: str, webhook_secret: str, clerk: ClerkEmulator
+) -> None:
+    """Svix must retry: a 503 with Retry-After and the documented error body."""
+    settings = dataclasses.replace(
+        load_settings(), webhook_apply="sensor", database_url=Secret("postgresql://postgres@127.0.0.1:1/none")
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        response = post_signed(url, webhook_secret, an_event(clerk))
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "30"
+    assert response.json() == {"error": "inbox database unavailable; retry later"}
+
+
+def test_with_auto_migrate_off_the_receiver_does_not_migrate(
+    database_url: str, webhook_secret: str, clerk: ClerkEmulator
+) -> None:
+    """ORGSYNC_AUTO_MIGRATE=0: the receiver stores nothing in an unmigrated database and creates no
+    table in it."""
+    settings = dataclasses.replace(load_settings(), webhook_apply="sensor", auto_migrate=False)
+    with serve_in_thread(create_app(settings)) as url:
+        response = post_signed(url, webhook_secret, an_event(clerk))
+
+    assert response.status_code != 200
+    with sa.create_engine(database_url).connect() as conn:
+        assert sa.inspect(conn).get_table_names() == []
+
+
+def test_a_signing_secret_of_exactly_sixteen_bytes_is_accepted(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, clerk: ClerkEmulator
+) -> None:
+    """The shortest key the receiver takes is 16 bytes: it starts and stores what is signed with it."""
+    secret = "whsec_" + base64.b64encode(os.urandom(16)).decode()
+    monkeypatch.setenv("CLERK_WEBHOOK_SECRET", secret)
+    settings = dataclasses.replace(load_settings(), webhook_apply="sensor")
+    with serve_in_thread(create_app(settings)) as url:
+        response = post_signed(url, secret, an_event(clerk))
+
+    assert response.status_code == 200, response.text
+    with sa.create_engine(database_url).connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(webhook_inbox)).scalar_one() == 1
