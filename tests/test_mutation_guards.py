@@ -20,7 +20,9 @@ from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator, svix_headers
 from orgsync_pipeline.events import EventOutcome, apply_event, apply_pending_events
+from orgsync_pipeline.rows import Entity, MembershipRow, QuarantinedRecord
 from orgsync_pipeline.settings import Secret, load_settings
+from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.inbox import InboxStatus
 from orgsync_pipeline.store.schema import (
     membership_tombstones,
@@ -30,6 +32,7 @@ from orgsync_pipeline.store.schema import (
     webhook_inbox,
 )
 from orgsync_pipeline.store.write_log import write_log
+from orgsync_pipeline.validation import validate_organizations
 from orgsync_pipeline.webhooks import MAX_BODY_BYTES, create_app, serve_in_thread
 from tests.conftest import Receiver
 
@@ -457,7 +460,9 @@ def test_a_database_that_refuses_connections_is_a_503_with_retry_after(
     )
     with serve_in_thread(create_app(settings)) as url:
         response = post_signed(url, webhook_secret, an_event(clerk))
+        health = httpx.get(f"{url}/healthz", timeout=30)
 
+    assert (health.status_code, health.json()) == (503, {"status": "database unavailable"})
     assert response.status_code == 503
     assert response.headers["retry-after"] == "30"
     assert response.json() == {"error": "inbox database unavailable; retry later"}
@@ -490,3 +495,42 @@ def test_a_signing_secret_of_exactly_sixteen_bytes_is_accepted(
     assert response.status_code == 200, response.text
     with sa.create_engine(database_url).connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(webhook_inbox)).scalar_one() == 1
+
+
+# -- store/apply.py: the quarantine ----------------------------------------------------------------
+
+
+def test_an_orphan_membership_is_quarantined_with_a_reason_naming_both_ids(
+    clerk: ClerkEmulator, engine: Engine
+) -> None:
+    org = clerk.create_organization("Acme")
+    with engine.begin() as conn:
+        apply.apply_organizations(conn, validate_organizations([org]).rows)
+        row = MembershipRow("orgmem_orphan1", org["id"], "user_missing1", "member", "org:member", 1, 1)
+        counts = apply.apply_memberships(conn, [row], source="full_sync")
+
+    assert (counts.memberships.quarantined, counts.memberships.inserted) == (1, 0)
+    with engine.connect() as conn:
+        reasons = conn.execute(sa.select(sync_quarantine.c.clerk_id, sync_quarantine.c.reason)).all()
+    assert [tuple(reason) for reason in reasons] == [
+        (
+            "orgmem_orphan1",
+            f"organization {org['id']} or user user_missing1 does not exist "
+            "(its own record failed validation or has not been seen yet)",
+        )
+    ]
+
+
+def test_records_without_an_id_are_one_quarantine_row_whatever_their_key_order(engine: Engine) -> None:
+    """Two id-less records with the same content in a different key order are the same record
+    (jsonb does not keep key order): one row, refreshed by the last."""
+    records = [
+        QuarantinedRecord(Entity.ORGANIZATION, None, "first", {"name": "X", "slug": 1}),
+        QuarantinedRecord(Entity.ORGANIZATION, None, "second", {"slug": 1, "name": "X"}),
+    ]
+    with engine.begin() as conn:
+        apply.quarantine(conn, records, source="full_sync")
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(sync_quarantine.c.clerk_id, sync_quarantine.c.reason)).all()
+    assert [tuple(row) for row in rows] == [(None, "second")]
