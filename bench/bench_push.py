@@ -43,9 +43,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator, svix_headers
+from orgsync_pipeline.definitions import defs
 from orgsync_pipeline.events import apply_pending_events
-from orgsync_pipeline.jobs import clerk_webhook_apply
-from orgsync_pipeline.resources import PostgresResource
+from orgsync_pipeline.resources import PostgresResource, SyncPolicyResource, WebhookApplyResource
 from orgsync_pipeline.settings import load_settings
 from orgsync_pipeline.store import inbox
 from orgsync_pipeline.store.database import dispose_engines, engine_for, migrate
@@ -355,8 +355,12 @@ def drain(
         if profile is not None:
             profile.enable()
         if how == "run":
-            result = clerk_webhook_apply.execute_in_process(
-                resources={"postgres": PostgresResource(database_url=url)},
+            result = defs.resolve_job_def("clerk_webhook_apply").execute_in_process(
+                resources={
+                    "postgres": PostgresResource(database_url=url),
+                    "sync_policy": SyncPolicyResource(),
+                    "webhook_apply": WebhookApplyResource(),
+                },
                 instance=dg.DagsterInstance.ephemeral(),
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             )

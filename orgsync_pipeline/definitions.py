@@ -4,7 +4,7 @@ import dagster as dg
 
 from orgsync_pipeline.assets import full_sync_assets
 from orgsync_pipeline.checks import full_sync_checks, webhook_checks
-from orgsync_pipeline.jobs import clerk_full_sync, clerk_webhook_apply
+from orgsync_pipeline.jobs import full_sync_job, webhook_apply_job
 from orgsync_pipeline.resources import resources_from_environment
 from orgsync_pipeline.schedules import full_sync_schedule
 from orgsync_pipeline.sensors import webhook_sensor
@@ -17,7 +17,10 @@ SETTINGS = definition_settings()
 defs = dg.Definitions(
     assets=[*full_sync_assets, webhook_inbox],
     asset_checks=[*full_sync_checks, *webhook_checks],
-    jobs=[clerk_full_sync, clerk_webhook_apply],
+    jobs=[
+        full_sync_job(SETTINGS.step_retry_delay_seconds),
+        webhook_apply_job(SETTINGS.step_retry_delay_seconds),
+    ],
     schedules=[full_sync_schedule(SETTINGS.full_sync_cron)],
     sensors=[webhook_sensor(SETTINGS.webhook_sensor_interval)],
     resources=resources_from_environment(SETTINGS),

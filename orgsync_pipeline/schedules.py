@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from orgsync_pipeline.jobs import clerk_full_sync
+from orgsync_pipeline.jobs import FULL_SYNC_JOB
 from orgsync_pipeline.settings import DEFAULT_FULL_SYNC_CRON
 
 
@@ -11,7 +11,7 @@ def full_sync_schedule(cron_schedule: str = DEFAULT_FULL_SYNC_CRON) -> dg.Schedu
     ``definition_settings().full_sync_cron`` (ORGSYNC_FULL_SYNC_CRON) when the code location loads."""
     return dg.ScheduleDefinition(
         name="clerk_full_sync_schedule",
-        target=clerk_full_sync,
+        job_name=FULL_SYNC_JOB,
         cron_schedule=cron_schedule,
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,

@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from orgsync_pipeline.jobs import clerk_webhook_apply
+from orgsync_pipeline.jobs import WEBHOOK_APPLY_JOB
 from orgsync_pipeline.resources import PostgresResource, WebhookApplyResource
 from orgsync_pipeline.settings import DEFAULT_WEBHOOK_SENSOR_INTERVAL, Settings
 from orgsync_pipeline.store import write_log
@@ -38,7 +38,7 @@ def webhook_sensor(
     from ``definition_settings().webhook_sensor_interval`` (ORGSYNC_WEBHOOK_SENSOR_INTERVAL)."""
     return dg.sensor(
         name=SENSOR_NAME,
-        job=clerk_webhook_apply,
+        job_name=WEBHOOK_APPLY_JOB,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
@@ -94,7 +94,7 @@ def _backstop(
             f"no webhook event pending for over {settings.webhook_backstop_seconds:g} s and no retry due "
             "(the receivers apply events themselves)"
         )
-    runs = context.instance.get_run_records(dg.RunsFilter(job_name=clerk_webhook_apply.name), limit=1)
+    runs = context.instance.get_run_records(dg.RunsFilter(job_name=WEBHOOK_APPLY_JOB), limit=1)
     latest = runs[0].dagster_run if runs else None
     if latest is not None and latest.status in IN_PROGRESS:
         return None, f"run {latest.run_id} is still applying events"

@@ -18,6 +18,7 @@ DEFAULT_WEBHOOK_MAX_ATTEMPTS = 8
 DEFAULT_WEBHOOK_BATCH_SIZE = 500
 WEBHOOK_APPLY_MODES = ("inline", "sensor")
 DEFAULT_WEBHOOK_BACKSTOP_SECONDS = 30.0
+DEFAULT_STEP_RETRY_DELAY_SECONDS = 5.0
 
 LOG_FORMATS = ("text", "json")
 
@@ -84,6 +85,8 @@ class Settings:
     log_format: str = "text"
     # Whether a job (or the receiver) applies pending migrations itself, or fails naming `orgsync migrate`.
     auto_migrate: bool = True
+    # Delay before a job's first retry of a step that failed for a transient cause (doubled for the second).
+    step_retry_delay_seconds: float = DEFAULT_STEP_RETRY_DELAY_SECONDS
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -130,6 +133,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         home=Path(env.get("ORGSYNC_HOME") or ".orgsync").absolute(),
         log_format=_log_format(env.get("ORGSYNC_LOG_FORMAT")),
         auto_migrate=parse_switch("ORGSYNC_AUTO_MIGRATE", env.get("ORGSYNC_AUTO_MIGRATE"), default=True),
+        step_retry_delay_seconds=_number(
+            env, "ORGSYNC_STEP_RETRY_DELAY_SECONDS", DEFAULT_STEP_RETRY_DELAY_SECONDS, minimum=0
+        ),
     )
 
 
