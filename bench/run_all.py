@@ -43,6 +43,7 @@ KNOWN = {
     "bench_on_demand": ["--sizes", "10", "500", "--repeat", "2"],
     "bench_push": ["--quick"],
     "bench_receiver_import": ["--rounds", "3"],
+    "bench_receiver": ["--events", "1000", "--seconds", "5", "--workers", "1"],
 }
 
 # The fixed text of BENCHMARKS.md; {name} marks where the section written by a benchmark goes.
@@ -91,6 +92,24 @@ up to one batch's apply time. Sensor mode adds the wait for the next tick (0 to 
 dequeue (up to 1 s) and a run's start-up (a new process that imports Dagster and orgsync). The inline
 receiver applies in the same process (one GIL) and on the same 2 cores as it ingests, so what inline
 apply costs ingest grows with the apply's CPU per event.
+""",
+    "receiver": """## 7. Receiver throughput against its floor
+
+`bench/bench_receiver.py`. Verified, durably stored events per second on loopback, in one run: the
+**floor** is a Starlette app that verifies the Svix signature with `svix` and runs one `INSERT` per event
+(a pooled connection, one transaction each), under uvicorn; against it, `orgsync serve-webhooks --apply
+sensor --workers N` (it only stores) and the default inline mode (it also applies, in the same
+processes). A load generator in its own process sends `organization.created` deliveries signed
+beforehand over keep-alive HTTP/1.1 connections it writes and parses by hand, bounded in count and in
+time; latency runs from writing a request to reading its whole answer. Each receiver runs on a fresh
+schema, after a warm-up; every answer is checked 2xx and every event stored. The floor runs first and
+last, so the drift of the machine in between shows.
+
+{receiver}
+
+How to read it: the generator and the receivers share the machine's two cores, so a second worker
+process competes with the generator as much as it adds capacity; the floor with as many workers shows
+what that costs any receiver.
 """,
 }
 

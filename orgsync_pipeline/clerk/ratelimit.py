@@ -5,24 +5,27 @@ Clerk allows a number of requests per 10 s per instance (secret key): 1,000 on p
 same instance takes its requests from one ``RateLimiter``, so listings, point lookups and on-demand syncs
 share the budget instead of each spending all of it.
 
-The limiter is a token bucket (GCRA) sized so that no window of 10 s ever holds more than the limit, whatever
-algorithm Clerk counts with: ``burst + rate * (window + margin) = limit``. A 429 pauses every waiting
-request for the answer's ``Retry-After`` and halves the rate, which then recovers linearly.
+The limiter keeps the send times of the last ``limit`` requests (a sliding log), and a request waits until
+sending it leaves at most ``limit`` requests in any ``window + margin`` seconds. No window of 10 s can then
+hold more than the limit, whatever algorithm Clerk counts with (a sliding window, or fixed ones), and a
+listing may spend the whole first window's budget at once: a crawl takes about
+``(requests - limit) / (limit / window)``, the least Clerk allows. A 429 pauses every waiting request for
+the answer's ``Retry-After`` and halves the budget, which then recovers linearly.
 """
 
 import hashlib
 import threading
 import time
+from collections import deque
 
 LIVE_KEY_PREFIX = "sk_live_"
 LIVE_RATE_LIMIT = 1000
 TEST_RATE_LIMIT = 100
 RATE_WINDOW_SECONDS = 10.0
 
-BURST_FRACTION = 0.05
-# Requests reach Clerk a little later than they leave the bucket, and not all equally late: the bucket
-# spreads its budget over a slightly longer window than Clerk's, so that jitter cannot push one request too
-# many into Clerk's window.
+# Requests reach Clerk a little later than they leave the limiter, and not all equally late: the limiter
+# counts over a slightly longer window than Clerk's, so that jitter cannot push one request too many into
+# Clerk's window.
 WINDOW_MARGIN_SECONDS = 0.2
 SLOWDOWN_FACTOR = 0.5
 MIN_RATE_FACTOR = 0.1
@@ -43,14 +46,13 @@ class RateLimiter:
             raise ValueError(f"a rate limit must allow at least one request per window, got {limit}")
         self.limit = limit
         self.window = window
-        self.burst = max(1, int(limit * BURST_FRACTION))
-        # Rate in requests/s: with a full bucket, burst + rate * (window + margin) requests fit in the limit.
-        self.rate = max(limit - self.burst, 1) / (window + WINDOW_MARGIN_SECONDS)
+        self.span = window + WINDOW_MARGIN_SECONDS  # the window the log counts over
+        self.rate = limit / self.span  # requests/s once the first window's budget is spent
         self.throttled = 0  # 429 answers reported through ``penalize``
         self._lock = threading.Lock()
-        self._tat = 0.0  # GCRA "theoretical arrival time": when the bucket will be full again
+        self._sent: deque[float] = deque(maxlen=limit)  # send times (some in the future), oldest first
         self._resume_at = 0.0  # no request before this moment (the last Retry-After)
-        self._factor = 1.0  # rate multiplier right after the last 429
+        self._factor = 1.0  # share of the budget allowed right after the last 429
         self._penalized_at = 0.0
 
     def __repr__(self) -> str:
@@ -58,33 +60,31 @@ class RateLimiter:
 
     def acquire(self, *, after_retry_wait: bool = False) -> float:
         """Block until one more request may be sent; returns the seconds waited. ``after_retry_wait``: the
-        caller has just waited out a ``Retry-After`` itself, so only the rate applies to it, not the pause."""
+        caller has just waited out a ``Retry-After`` itself, so only the budget applies, not the pause."""
         with self._lock:
             now = time.monotonic()
-            interval = 1.0 / (self.rate * self._rate_factor(now))
-            start = now if after_retry_wait else max(now, self._resume_at)
-            tat = max(self._tat, start)
-            send_at = max(start, tat - (self.burst - 1) * interval)
-            self._tat = tat + interval
+            budget = max(1, int(self.limit * self._rate_factor(now)))
+            send_at = now if after_retry_wait else max(now, self._resume_at)
+            if len(self._sent) >= budget:
+                send_at = max(send_at, self._sent[-budget] + self.span)
+            self._sent.append(max(send_at, self._sent[-1]) if self._sent else send_at)
         wait = send_at - now
         if wait > 0:
             time.sleep(wait)
         return max(wait, 0.0)
 
     def penalize(self, retry_after: float) -> None:
-        """Clerk answered 429: hold every request for ``retry_after`` seconds, empty the bucket and slow
-        down (the rate halves, down to a tenth, and recovers over a minute)."""
+        """Clerk answered 429: hold every request for ``retry_after`` seconds and shrink the budget (it
+        halves, down to a tenth, and recovers over a minute)."""
         with self._lock:
             now = time.monotonic()
             self.throttled += 1
             self._factor = max(MIN_RATE_FACTOR, self._rate_factor(now) * SLOWDOWN_FACTOR)
             self._penalized_at = now
             self._resume_at = max(self._resume_at, now + retry_after)
-            interval = 1.0 / (self.rate * self._factor)
-            self._tat = max(self._tat, now + (self.burst - 1) * interval)
 
     def current_rate(self) -> float:
-        """Requests/s allowed now: ``rate``, or less while recovering from a 429."""
+        """Requests/s allowed now, once a window's budget is spent: ``rate``, or less after a 429."""
         with self._lock:
             return self.rate * self._rate_factor(time.monotonic())
 
