@@ -44,6 +44,7 @@ KNOWN = {
     "bench_push": ["--quick"],
     "bench_receiver_import": ["--rounds", "3"],
     "bench_receiver": ["--events", "1000", "--seconds", "5", "--workers", "1"],
+    "bench_fetch": ["--pages", "1100", "120", "--sequential-seconds", "3"],
 }
 
 # The fixed text of BENCHMARKS.md; {name} marks where the section written by a benchmark goes.
@@ -110,6 +111,22 @@ last, so the drift of the machine in between shows.
 How to read it: the generator and the receivers share the machine's two cores, so a second worker
 process competes with the generator as much as it adds capacity; the floor with as many workers shows
 what that costs any receiver.
+""",
+    "fetch": """## 8. Listing at Clerk's rate limit
+
+`bench/bench_fetch.py`. The Clerk emulator (a child process) answers each listing request after 100 ms and
+enforces the limit itself, answering 429 past it; `ClerkClient.iter_organization_pages` lists many small
+pages at a production instance's limit and at a development one's. The **bound** is the least time the
+limit allows: the first window's budget at once, then the limit's rate, `(pages - limit) / (limit / 10
+s)`. A sequential client (one page after another) runs in the same run for a bounded time; its time for
+the whole listing is projected from its pages per second.
+
+{fetch}
+
+How to read it: the limiter never lets more than the limit into any window of 10.2 s, so a listing sends
+the first window's budget as fast as its requests in flight allow (16 pages ahead at 100 ms each: 160
+requests/s), waits for the window to move, and repeats; with a production key the last window's 1,000
+requests then take about 6 s to send, which is what separates the listing from the bound.
 """,
 }
 
