@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from orgsync_pipeline.clerk.emulator import ClerkEmulator, svix_headers
 from orgsync_pipeline.events import EventOutcome, apply_event, apply_pending_events
 from orgsync_pipeline.rows import Entity, MembershipRow, QuarantinedRecord
-from orgsync_pipeline.settings import Secret, load_settings
+from orgsync_pipeline.settings import Secret, SettingsError, load_settings
 from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.inbox import InboxStatus
 from orgsync_pipeline.store.schema import (
@@ -32,7 +32,7 @@ from orgsync_pipeline.store.schema import (
     webhook_inbox,
 )
 from orgsync_pipeline.store.write_log import write_log
-from orgsync_pipeline.validation import validate_organizations
+from orgsync_pipeline.validation import validate_organizations, validate_profiles
 from orgsync_pipeline.webhooks import MAX_BODY_BYTES, create_app, serve_in_thread
 from tests.conftest import Receiver
 
@@ -497,6 +497,12 @@ def test_a_signing_secret_of_exactly_sixteen_bytes_is_accepted(
         assert conn.execute(sa.select(sa.func.count()).select_from(webhook_inbox)).scalar_one() == 1
 
 
+def test_without_a_signing_secret_the_receiver_refuses_to_start_and_says_where_to_find_it() -> None:
+    settings = dataclasses.replace(load_settings(), webhook_secret=None)
+    with pytest.raises(SettingsError, match=r"CLERK_WEBHOOK_SECRET .* from Clerk's dashboard"):
+        create_app(settings)
+
+
 # -- store/apply.py: the quarantine ----------------------------------------------------------------
 
 
@@ -534,3 +540,23 @@ def test_records_without_an_id_are_one_quarantine_row_whatever_their_key_order(e
     with engine.connect() as conn:
         rows = conn.execute(sa.select(sync_quarantine.c.clerk_id, sync_quarantine.c.reason)).all()
     assert [tuple(row) for row in rows] == [(None, "second")]
+
+
+def test_staging_tables_are_temporary_and_gone_at_commit(clerk: ClerkEmulator, engine: Engine) -> None:
+    """The COPY staging tables never become tables of the schema, and the session that used them
+    holds none after its commit."""
+    org = clerk.create_organization("Acme")
+    user = clerk.create_user("Ada", "Lovelace", "ada@example.com")
+    with engine.connect() as conn:
+        with conn.begin():
+            apply.apply_organizations(conn, validate_organizations([org]).rows)
+            apply.apply_profiles(conn, validate_profiles([user]).rows)
+        visible = conn.execute(
+            sa.text(
+                "SELECT relname FROM pg_class"
+                " WHERE relname LIKE 'orgsync_stage%' AND pg_table_is_visible(oid)"
+            )
+        ).all()
+    assert visible == []
+    with engine.connect() as conn:
+        assert not [name for name in sa.inspect(conn).get_table_names() if name.startswith("orgsync_stage")]
