@@ -1,19 +1,16 @@
 """One asset per synced table; each runs the full sync of its table from Clerk."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 
 import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
-from sqlalchemy.engine import Engine
 
-from orgsync_pipeline.clerk.client import ClerkClient
 from orgsync_pipeline.failures import step_failures
 from orgsync_pipeline.resources import ClerkResource, PostgresResource, SyncPolicyResource
-from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import schema, sync_runs
-from orgsync_pipeline.sync import Log, SyncReport, sync_memberships, sync_organizations, sync_profiles
+from orgsync_pipeline.sync import full_sync
 
 GROUP = "clerk"
 WEBHOOK_GROUP = "clerk_webhooks"
@@ -22,8 +19,6 @@ OWNERS = ["team:data-platform"]
 TAGS = {"domain": "identity", "source": "clerk"}
 # Fits the hourly default schedule: a table not synced for two hours is late (one missed run warns).
 FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2), warn_window=timedelta(minutes=75))
-
-SyncTable = Callable[[Engine, ClerkClient, Settings, Log], SyncReport]
 
 
 class FullSyncConfig(dg.Config):
@@ -48,12 +43,15 @@ def _column_schema(table: sa.Table) -> dg.TableSchema:
     )
 
 
-def _table_asset(
-    table: sa.Table, deps: Sequence[dg.AssetsDefinition] = ()
-) -> Callable[..., dg.AssetsDefinition]:
-    """The asset decorator every synced table shares: group, owners, tags, freshness, column schema."""
-    return dg.asset(
-        key=table.name,
+def full_sync_asset(
+    table: sa.Table, description: str, deps: Sequence[dg.AssetsDefinition] = ()
+) -> dg.AssetsDefinition:
+    """The asset of one synced table: it runs that table's full sync (:func:`sync.full_sync`), recorded
+    in ``sync_runs``, and carries the group, owners, tags, freshness and column schema all tables share."""
+
+    @dg.asset(
+        name=table.name,
+        description=description,
         group_name=GROUP,
         kinds=KINDS,
         owners=OWNERS,
@@ -62,87 +60,55 @@ def _table_asset(
         metadata={"dagster/column_schema": _column_schema(table), "dagster/table_name": table.name},
         deps=deps,
     )
+    def sync_table(
+        context: dg.AssetExecutionContext,
+        config: FullSyncConfig,
+        clerk: ClerkResource,
+        postgres: PostgresResource,
+        sync_policy: SyncPolicyResource,
+    ) -> dg.MaterializeResult[None]:
+        # Failures become one-line step failures; the run's config may raise the delete limit.
+        with (
+            step_failures(),
+            sync_runs.recorded(postgres.migrated_engine(), table.name, context.run.run_id) as run,
+        ):
+            settings = sync_policy.settings(max_delete_fraction=config.max_delete_fraction)
+            with clerk.client() as client:
+                report = full_sync(table.name, run.engine, client, settings, context.log)
+            run.counts = report.metadata()
+            with run.engine.connect() as conn:
+                rows = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        return dg.MaterializeResult(
+            metadata={**report.metadata(), "dagster/row_count": rows, "dagster/table_name": table.name}
+        )
+
+    return sync_table
 
 
-def _sync_table(
-    context: dg.AssetExecutionContext,
-    config: FullSyncConfig,
-    clerk: ClerkResource,
-    postgres: PostgresResource,
-    sync_policy: SyncPolicyResource,
-    table: sa.Table,
-    sync: SyncTable,
-) -> dg.MaterializeResult[None]:
-    """Run one table's full sync, recorded in ``sync_runs``; failures become one-line step failures.
-    The run's config may raise the delete limit for this run; everything else comes from resources."""
-    with (
-        step_failures(),
-        sync_runs.recorded(postgres.migrated_engine(), table.name, context.run.run_id) as run,
-    ):
-        settings = sync_policy.settings(max_delete_fraction=config.max_delete_fraction)
-        with clerk.client() as client:
-            report = sync(run.engine, client, settings, context.log)
-        run.counts = report.metadata()
-        with run.engine.connect() as conn:
-            rows = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-    return dg.MaterializeResult(
-        metadata={**report.metadata(), "dagster/row_count": rows, "dagster/table_name": table.name}
-    )
-
-
-@_table_asset(schema.organizations)
-def organizations(
-    context: dg.AssetExecutionContext,
-    config: FullSyncConfig,
-    clerk: ClerkResource,
-    postgres: PostgresResource,
-    sync_policy: SyncPolicyResource,
-) -> dg.MaterializeResult[None]:
+organizations = full_sync_asset(
+    schema.organizations,
     """Clerk organizations in the `organizations` table.
 
-    Lists every organization (`GET /organizations`, 500 per page), validates it, upserts the
-    changed rows, quarantines invalid ones in `sync_quarantine`, and soft-deletes (`deleted_at`)
-    organizations Clerk confirms are gone, together with their memberships.
-    """
-    return _sync_table(
-        context, config, clerk, postgres, sync_policy, schema.organizations, sync_organizations
-    )
-
-
-@_table_asset(schema.profiles)
-def profiles(
-    context: dg.AssetExecutionContext,
-    config: FullSyncConfig,
-    clerk: ClerkResource,
-    postgres: PostgresResource,
-    sync_policy: SyncPolicyResource,
-) -> dg.MaterializeResult[None]:
+Lists every organization (`GET /organizations`, 500 per page), validates it, upserts the changed rows,
+quarantines invalid ones in `sync_quarantine`, and soft-deletes (`deleted_at`) organizations Clerk
+confirms are gone, together with their memberships.""",
+)
+profiles = full_sync_asset(
+    schema.profiles,
     """Clerk users in the `profiles` table (primary email, names, image).
 
-    Lists every user (`GET /users`, 500 per page), validates, upserts the changed rows,
-    quarantines invalid ones, and soft-deletes users Clerk confirms are gone, with their memberships.
-    """
-    return _sync_table(context, config, clerk, postgres, sync_policy, schema.profiles, sync_profiles)
-
-
-@_table_asset(schema.organization_members, deps=[organizations, profiles])
-def organization_members(
-    context: dg.AssetExecutionContext,
-    config: FullSyncConfig,
-    clerk: ClerkResource,
-    postgres: PostgresResource,
-    sync_policy: SyncPolicyResource,
-) -> dg.MaterializeResult[None]:
+Lists every user (`GET /users`, 500 per page), validates, upserts the changed rows, quarantines invalid
+ones, and soft-deletes users Clerk confirms are gone, with their memberships.""",
+)
+organization_members = full_sync_asset(
+    schema.organization_members,
     """Clerk organization memberships in the `organization_members` table, with app roles.
 
-    Lists every membership instance-wide (`GET /organization_memberships`), maps Clerk role keys to
-    the app's `org_role` (defaults plus the `sync_policy` resource's `role_map`, ORGSYNC_ROLE_MAP; an
-    unmapped role is quarantined), writes each membership's organization and a profile stub for users
-    the user listing missed, then deletes memberships Clerk confirms are gone.
-    """
-    return _sync_table(
-        context, config, clerk, postgres, sync_policy, schema.organization_members, sync_memberships
-    )
-
+Lists every membership instance-wide (`GET /organization_memberships`), maps Clerk role keys to the
+app's `org_role` (defaults plus the `sync_policy` resource's `role_map`, ORGSYNC_ROLE_MAP; an unmapped
+role is quarantined), writes each membership's organization and a profile stub for users the user
+listing missed, then deletes memberships Clerk confirms are gone.""",
+    deps=[organizations, profiles],
+)
 
 full_sync_assets = [organizations, profiles, organization_members]
