@@ -276,6 +276,10 @@ def test_apply_event_outcomes_for_each_family(clerk: ClerkEmulator, engine: Engi
     assert apply_one(engine, clerk, "user.created", user) == EventOutcome(
         InboxStatus.APPLIED, written={"profiles": 1}
     )
+    renamed_user = clerk.update_user(user["id"], first_name="Augusta")
+    assert apply_one(engine, clerk, "user.updated", renamed_user) == EventOutcome(
+        InboxStatus.APPLIED, written={"profiles": 1}
+    )
     membership = clerk.create_membership(org["id"], user["id"])
     assert apply_one(engine, clerk, "organizationMembership.created", membership) == EventOutcome(
         InboxStatus.APPLIED, None, 0, {"organizations": 0, "profiles": 0, "organization_members": 1}
