@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator, svix_headers
 from orgsync_pipeline.events import EventOutcome, apply_event, apply_pending_events
-from orgsync_pipeline.rows import Entity, MembershipRow, QuarantinedRecord
+from orgsync_pipeline.rows import Entity, MembershipKey, MembershipRow, OrganizationRow, QuarantinedRecord
 from orgsync_pipeline.settings import Secret, SettingsError, load_settings
 from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.inbox import InboxStatus
@@ -564,3 +564,68 @@ def test_staging_tables_are_temporary_and_gone_at_commit(clerk: ClerkEmulator, e
     assert visible == []
     with engine.connect() as conn:
         assert not [name for name in sa.inspect(conn).get_table_names() if name.startswith("orgsync_stage")]
+
+
+def test_a_batched_membership_whose_embedded_organization_is_quarantined_counts_that_record(
+    receiver: Receiver, clerk: ClerkEmulator, engine: Engine
+) -> None:
+    """Merged set-based, a membership lands while its embedded (unusable) organization copy is
+    quarantined: the run counts that one quarantined record."""
+    membership = a_membership(receiver, clerk, engine)
+    changed = clerk.update_membership(
+        membership["organization"]["id"], membership["public_user_data"]["user_id"], role="org:admin"
+    )
+    changed["organization"]["public_metadata"] = ["not", "an", "object"]
+    deliver(receiver, clerk, "organizationMembership.updated", changed)
+
+    report = apply_pending_events(engine, load_settings(), log, write_path="webhook")
+
+    assert report.metadata()["records_quarantined"] == 1
+    assert [row.role for row in members(engine).values()] == ["admin"]
+    assert [entity for entity, _id, _source in quarantine_rows(engine)] == ["organization"]
+
+
+# -- store/apply.py: tombstones ------------------------------------------------------------------
+
+
+def test_a_tombstone_in_one_organization_does_not_block_the_users_membership_in_another(
+    clerk: ClerkEmulator, engine: Engine
+) -> None:
+    """A user removed from organization A (a tombstone) may still be a member of B, even with data
+    older than that removal."""
+    org_a, org_b = clerk.create_organization("A"), clerk.create_organization("B")
+    user = clerk.create_user("Ada", "Lovelace", "ada@example.com")
+    removed_at_ms = clerk.now_ms()
+    with engine.begin() as conn:
+        apply.apply_organizations(conn, validate_organizations([org_a, org_b]).rows)
+        apply.apply_profiles(conn, validate_profiles([user]).rows)
+        apply.delete_memberships(
+            conn, [MembershipKey(org_a["id"], user["id"], None)], as_of=ms(removed_at_ms)
+        )
+    older = removed_at_ms - 60_000
+    with engine.begin() as conn:
+        apply.apply_memberships(
+            conn,
+            [
+                MembershipRow("orgmem_a1", org_a["id"], user["id"], "member", "org:member", older, older),
+                MembershipRow("orgmem_b1", org_b["id"], user["id"], "member", "org:member", older, older),
+            ],
+            source="full_sync",
+        )
+
+    assert set(members(engine)) == {(org_b["id"], user["id"])}
+
+
+def test_a_batch_repeating_a_record_with_the_same_updated_at_keeps_the_last(engine: Engine) -> None:
+    """One listing can repeat a record (page shifts); on a tie in updated_at the later copy wins."""
+    t0 = 1_716_883_200_000
+    rows = [
+        OrganizationRow("org_repeated1", "First copy", None, None, "{}", t0, t0),
+        OrganizationRow("org_repeated1", "Last copy", None, None, "{}", t0, t0),
+    ]
+    with engine.begin() as conn:
+        counts = apply.apply_organizations(conn, rows)
+
+    assert (counts.received, counts.inserted) == (1, 1)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(organizations.c.name)).scalars().all() == ["Last copy"]
