@@ -8,35 +8,20 @@ emulator of each test listens on the session's fixed port.
 
 import base64
 import dataclasses
-import json
 import os
-import socket
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from orgsync_pipeline.clerk.emulator import DEFAULT_SECRET_KEY, ClerkEmulator, svix_headers
+from orgsync_pipeline.clerk.emulator import DEFAULT_SECRET_KEY, ClerkEmulator
 from orgsync_pipeline.settings import load_settings
 from orgsync_pipeline.store.database import dispose_engines, migrated_engine_for, normalize_url
 from orgsync_pipeline.webhooks import create_app, serve_in_thread
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-EMULATOR_PORT = _free_port()
-EMULATOR_URL = f"http://127.0.0.1:{EMULATOR_PORT}/v1"
+from tests.support import EMULATOR_PORT, EMULATOR_URL, Receiver
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -99,24 +84,6 @@ def orgsync_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "orgsync-home"
     monkeypatch.setenv("ORGSYNC_HOME", str(home))
     return home
-
-
-@dataclass
-class Receiver:
-    """The webhook receiver served over loopback HTTP, and a Svix-like sender for it."""
-
-    url: str
-    secret: str
-
-    def post(
-        self, envelope: Any, *, msg_id: str | None = None, timestamp: datetime | None = None
-    ) -> httpx.Response:
-        """POST ``envelope`` signed as Svix would (a fresh svix-id unless given)."""
-        body = json.dumps(envelope).encode() if not isinstance(envelope, bytes) else envelope
-        seconds = int(timestamp.timestamp()) if timestamp else None
-        headers = svix_headers(self.secret, body, msg_id=msg_id, timestamp=seconds)
-        headers["content-type"] = "application/json"
-        return httpx.post(f"{self.url}/webhooks/clerk", content=body, headers=headers, timeout=30)
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ FAST_RETRY = RetryPolicy(
 
 @pytest.fixture
 def emulator() -> Iterator[ClerkEmulator]:
+    """An emulator on a port of its own: its URL keys a rate limiter no other test has used."""
     with ClerkEmulator() as emu:
         yield emu
 

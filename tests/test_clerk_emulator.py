@@ -12,6 +12,7 @@ from orgsync_pipeline.clerk.emulator import ClerkEmulator
 
 @pytest.fixture
 def emulator() -> Iterator[ClerkEmulator]:
+    """An emulator on a port of its own: its URL keys a rate limiter no other test has used."""
     with ClerkEmulator() as emu:
         yield emu
 

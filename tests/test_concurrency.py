@@ -20,7 +20,7 @@ from orgsync_pipeline.settings import load_settings
 from orgsync_pipeline.store.retry import run_in_transaction
 from orgsync_pipeline.store.schema import organization_members, organizations, webhook_inbox
 from orgsync_pipeline.sync import SKIPPED, _full_sync_lock_key, sync_organizations
-from tests.conftest import EMULATOR_URL, Receiver
+from tests.support import EMULATOR_URL, Receiver
 
 log = logging.getLogger("test_concurrency")
 

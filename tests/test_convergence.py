@@ -37,7 +37,7 @@ from orgsync_pipeline.events import HANDLED_EVENTS, apply_event, apply_pending_e
 from orgsync_pipeline.settings import Settings, load_settings
 from orgsync_pipeline.store.inbox import event_time, store_event
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles, webhook_inbox
-from tests.conftest import EMULATOR_PORT, EMULATOR_URL
+from tests.support import EMULATOR_PORT, EMULATOR_URL
 
 log = logging.getLogger("test_convergence")
 

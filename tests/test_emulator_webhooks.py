@@ -23,7 +23,7 @@ MSG_ID_RE = re.compile(r"^msg_[0-9A-Za-z]{27}$")
 FAST = (0.0, 0.05)  # retry delays that keep the tests quick
 
 
-class Receiver:
+class RecordingEndpoint:
     """A loopback webhook endpoint recording ``(headers, raw body)`` and answering the statuses it is given
     (then 200); ``slow_first`` seconds of sleep before answering the first request."""
 
@@ -69,21 +69,12 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    recv = Receiver()
+def receiver() -> Iterator[RecordingEndpoint]:
+    recv = RecordingEndpoint()
     try:
         yield recv
     finally:
         recv.close()
-
-
-@pytest.fixture
-def emulator() -> Iterator[ClerkEmulator]:
-    emu = ClerkEmulator()  # webhooks need no API server
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 def _verify(headers: dict[str, str], body: bytes) -> None:
@@ -113,7 +104,7 @@ def test_svix_headers_sign_the_exact_body() -> None:
     assert svix_headers(SECRET, body)["svix-id"] != headers["svix-id"]
 
 
-def test_mutations_emit_clerk_events_in_order(emulator: ClerkEmulator, receiver: Receiver) -> None:
+def test_mutations_emit_clerk_events_in_order(emulator: ClerkEmulator, receiver: RecordingEndpoint) -> None:
     emulator.add_webhook_endpoint(receiver.url, SECRET, retry_delays=FAST)
 
     ada = emulator.create_user("Ada", "Lovelace", "ada@example.com")
@@ -188,7 +179,7 @@ def test_mutations_emit_clerk_events_in_order(emulator: ClerkEmulator, receiver:
     assert all(d.url == receiver.url for d in emulator.deliveries) and not emulator.failed_deliveries
 
 
-def test_retries_keep_the_svix_id_and_re_sign(emulator: ClerkEmulator, receiver: Receiver) -> None:
+def test_retries_keep_the_svix_id_and_re_sign(emulator: ClerkEmulator, receiver: RecordingEndpoint) -> None:
     receiver.statuses.extend([500, 503])
     emulator.add_webhook_endpoint(receiver.url, SECRET, retry_delays=(0.0, 1.05))
 
@@ -219,7 +210,9 @@ def test_retries_keep_the_svix_id_and_re_sign(emulator: ClerkEmulator, receiver:
     assert not emulator.failed_deliveries
 
 
-def test_exhausted_retries_fail_the_event_and_move_on(emulator: ClerkEmulator, receiver: Receiver) -> None:
+def test_exhausted_retries_fail_the_event_and_move_on(
+    emulator: ClerkEmulator, receiver: RecordingEndpoint
+) -> None:
     receiver.statuses.extend([500, 500, 500])
     emulator.add_webhook_endpoint(receiver.url, SECRET, retry_delays=FAST)
 
@@ -254,7 +247,7 @@ def test_connection_refused_eventually_fails(emulator: ClerkEmulator) -> None:
     assert [d.msg_id for d in emulator.failed_deliveries] == [msg_id]
 
 
-def test_timeouts_are_retried(emulator: ClerkEmulator, receiver: Receiver) -> None:
+def test_timeouts_are_retried(emulator: ClerkEmulator, receiver: RecordingEndpoint) -> None:
     receiver.slow_first = 0.6
     emulator.add_webhook_endpoint(receiver.url, SECRET, retry_delays=(0.0,), timeout=0.2)
 
@@ -279,7 +272,7 @@ def test_no_endpoint_means_no_events(emulator: ClerkEmulator) -> None:
         emulator.send_event("session.created", {})
 
 
-def test_stop_pauses_delivery_and_start_resumes(receiver: Receiver) -> None:
+def test_stop_pauses_delivery_and_start_resumes(receiver: RecordingEndpoint) -> None:
     emulator = ClerkEmulator()
     emulator.start()
     try:

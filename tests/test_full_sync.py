@@ -13,7 +13,7 @@ from orgsync_pipeline.resources import SyncPolicyResource
 from orgsync_pipeline.rows import OrganizationRow
 from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles, sync_quarantine
-from tests.run_resources import clerk_resource
+from tests.support import clerk_resource
 
 
 def run_full_sync(**kwargs: Any) -> dg.ExecuteInProcessResult:
@@ -37,7 +37,12 @@ def checks(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], bool]:
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert failures, "expected a failed step"
-    return "\n".join(str(e.event_specific_data.error) for e in failures)
+    # The failed step, the operator's message (its dg.Failure description), then Dagster's error.
+    return "\n".join(
+        f"step {e.step_key}: {getattr(e.step_failure_data.user_failure_data, 'description', '')}\n"
+        f"{e.step_failure_data.error}"
+        for e in failures
+    )
 
 
 def live_orgs(engine: Engine) -> dict[str, str]:

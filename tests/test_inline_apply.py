@@ -20,7 +20,7 @@ from orgsync_pipeline.store.locking import drain_lock_key
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles, webhook_inbox
 from orgsync_pipeline.store.write_log import write_log
 from orgsync_pipeline.webhooks import create_app, serve_in_thread
-from tests.conftest import Receiver
+from tests.support import Receiver
 
 WAIT_SECONDS = 60
 

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from orgsync_pipeline.settings import Secret, load_settings
 from orgsync_pipeline.store.schema import webhook_inbox
 from orgsync_pipeline.webhooks import create_app, serve_in_thread
-from tests.conftest import Receiver
+from tests.support import Receiver
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -34,7 +34,7 @@ from orgsync_pipeline.store.schema import (
 from orgsync_pipeline.store.write_log import write_log
 from orgsync_pipeline.validation import validate_organizations, validate_profiles
 from orgsync_pipeline.webhooks import MAX_BODY_BYTES, create_app, serve_in_thread
-from tests.conftest import Receiver
+from tests.support import Receiver
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
 from orgsync_pipeline.failures import redact
 from orgsync_pipeline.store.sync_runs import sync_runs
-from tests.run_resources import fast_clerk_retries
+from tests.support import fast_clerk_retries
 
 ORGSYNC = [sys.executable, "-m", "orgsync_pipeline.cli"]
 PASSWORD = "hunter2-db-pass"

@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 from orgsync_pipeline.settings import load_settings
 from orgsync_pipeline.store.schema import webhook_inbox
 from orgsync_pipeline.webhooks import create_app
-from tests.conftest import Receiver
+from tests.support import Receiver
 
 FUZZ = settings(
     max_examples=60,

@@ -22,7 +22,7 @@ from orgsync_pipeline.resources import SyncPolicyResource
 from orgsync_pipeline.rows import OrganizationRow
 from orgsync_pipeline.store import apply
 from orgsync_pipeline.store.schema import organization_members, organizations, sync_quarantine, webhook_inbox
-from tests.conftest import Receiver
+from tests.support import Receiver
 
 
 def run_full_sync(resources: dict[str, Any] | None = None) -> dg.ExecuteInProcessResult:

@@ -18,7 +18,7 @@ from orgsync_pipeline.store import inbox
 from orgsync_pipeline.store.database import sql_dir
 from orgsync_pipeline.store.schema import organization_members, organizations, profiles, webhook_inbox
 from orgsync_pipeline.sync import sync_memberships, sync_organizations, sync_profiles
-from tests.conftest import EMULATOR_URL
+from tests.support import EMULATOR_URL
 
 
 @dataclass

@@ -15,8 +15,7 @@ import pytest
 
 from orgsync_pipeline.clerk.emulator import DEFAULT_SECRET_KEY, ClerkEmulator
 from orgsync_pipeline.definitions import defs
-from tests.conftest import Receiver
-from tests.run_resources import fast_clerk_retries
+from tests.support import Receiver, fast_clerk_retries
 
 REPO = Path(__file__).resolve().parents[1]
 DB_PASSWORD = "pw-canary-7f3a9c"

@@ -23,7 +23,7 @@ from orgsync_pipeline.store.schema import (
     webhook_inbox,
 )
 from orgsync_pipeline.webhooks import create_app, serve_in_thread
-from tests.conftest import Receiver
+from tests.support import Receiver
 from tests.tcp_proxy import proxy_for
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.demo import DAGSTER_YAML
 from orgsync_pipeline.store.schema import organizations
-from tests.conftest import Receiver
+from tests.support import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 DAEMON = Path(sys.executable).with_name("dagster-daemon")

@@ -13,7 +13,7 @@ from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
 from orgsync_pipeline.resources import PostgresResource, WebhookApplyResource
 from orgsync_pipeline.store.schema import organizations, webhook_inbox
-from tests.conftest import Receiver
+from tests.support import Receiver
 
 
 def evaluate(
