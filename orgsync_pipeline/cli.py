@@ -163,22 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     add("migrate", migrate_command)
-    serve = add("serve-webhooks", serve_webhooks_command)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
-    serve.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=1,
-        help="processes receiving on the port, each with its own database pool (about one per core)",
-    )
-    serve.add_argument(
-        "--apply",
-        choices=WEBHOOK_APPLY_MODES,
-        default=None,
-        help="inline: this process applies events as they arrive (default, or ORGSYNC_WEBHOOK_APPLY); "
-        "sensor: leave them to clerk_webhook_sensor's Dagster runs",
-    )
+    _add_serve_arguments(add("serve-webhooks", serve_webhooks_command))
     add("requeue-dead-events", requeue_dead_events_command)
     status = add("status", status_command)
     status.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
@@ -238,6 +223,24 @@ def _configure_logging(args: argparse.Namespace) -> None:
     # The demo tells its own story; other commands log what they do.
     own_level = logging.WARNING if args.run is demo_command else logging.INFO
     configure_logging(verbose=args.verbose, log_format=log_format, own_level=own_level)
+
+
+def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes receiving on the port, each with its own database pool (about one per core)",
+    )
+    serve.add_argument(
+        "--apply",
+        choices=WEBHOOK_APPLY_MODES,
+        default=None,
+        help="inline: this process applies events as they arrive (default, or ORGSYNC_WEBHOOK_APPLY); "
+        "sensor: leave them to clerk_webhook_sensor's Dagster runs",
+    )
 
 
 def _positive_int(raw: str) -> int:
