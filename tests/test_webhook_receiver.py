@@ -690,13 +690,15 @@ def test_a_flapping_database_with_retrying_senders_stores_every_event_once(
     statuses: list[int] = []
     slow: list[float] = []
     stop_flapping = threading.Event()
+    first_outage = threading.Event()
 
     def flap() -> None:
         while not stop_flapping.is_set():
-            time.sleep(0.15)
             proxy.down()
+            first_outage.set()  # the senders start in an outage, however fast they are afterwards
             time.sleep(0.15)
             proxy.up()
+            time.sleep(0.15)
 
     def send(batch: dict[str, dict[str, Any]]) -> None:
         with httpx.Client(base_url=svix.base_url, timeout=20) as client:
@@ -717,6 +719,7 @@ def test_a_flapping_database_with_retrying_senders_stores_every_event_once(
 
     flapper = threading.Thread(target=flap, daemon=True)
     flapper.start()
+    assert first_outage.wait(timeout=10)
     ids = list(events)
     senders = [
         threading.Thread(target=send, args=({i: events[i] for i in ids[n::4]},), daemon=True)
