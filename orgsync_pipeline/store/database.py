@@ -38,7 +38,7 @@ CONNECT_ARGS = {
     "tcp_user_timeout": 30_000,
 }
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool], Engine] = {}
 _engines_lock = threading.Lock()
 
 
@@ -153,22 +153,24 @@ def configured_database_url(settings: Settings) -> str:
     )
 
 
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, *, pre_ping: bool = True) -> Engine:
     """One pooled engine per database URL and process; it runs no migration (see
-    :func:`migrated_engine_for`), so sensors and read-only commands never run DDL."""
+    :func:`migrated_engine_for`), so sensors and read-only commands never run DDL. With ``pre_ping``
+    every checkout first tests its connection; without, a dead connection fails the statement, and
+    SQLAlchemy then replaces every connection of the pool."""
     with _engines_lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, pre_ping))
         if engine is None:
             engine = sa.create_engine(
-                url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=CONNECT_ARGS
+                url, pool_pre_ping=pre_ping, pool_size=5, max_overflow=5, connect_args=CONNECT_ARGS
             )
-            _engines[url] = engine
+            _engines[(url, pre_ping)] = engine
         return engine
 
 
-def migrated_engine_for(url: str, *, auto_migrate: bool = True) -> Engine:
+def migrated_engine_for(url: str, *, auto_migrate: bool = True, pre_ping: bool = True) -> Engine:
     """The engine for ``url`` once its schema is current (:func:`ensure_schema`): for writers."""
-    engine = engine_for(url)
+    engine = engine_for(url, pre_ping=pre_ping)
     ensure_schema(engine, auto_migrate=auto_migrate)
     return engine
 
