@@ -158,6 +158,9 @@ PROFILES = SoftDeletedListing(
 )
 
 
+SOFT_DELETED_LISTINGS = {spec.table.name: spec for spec in (ORGANIZATIONS, PROFILES)}
+
+
 def full_sync(
     table: str,
     engine: Engine,
@@ -174,8 +177,7 @@ def full_sync(
             return SyncReport(table, skipped=SKIPPED)
         if table == organization_members.name:
             return _sync_memberships(engine, clerk, settings, log)
-        spec = ORGANIZATIONS if table == organizations.name else PROFILES
-        return _sync_soft_deleted_table(engine, clerk, settings, log, spec)
+        return _sync_soft_deleted_table(engine, clerk, settings, log, SOFT_DELETED_LISTINGS[table])
 
 
 sync_organizations = partial(full_sync, organizations.name)
@@ -199,7 +201,9 @@ def _sync_soft_deleted_table(
         quarantined = stage_listing(engine, conn, spec.pages(clerk), stage_chunk)
         counts = run_in_transaction(
             conn,
-            lambda c: _write_listing(c, apply.apply_listed(c, spec.entity), spec.entity, listing_started_at),
+            lambda c: _merge_listing(
+                c, partial(apply.apply_listed, entity=spec.entity), spec.entity, listing_started_at
+            ),
             what=f"{spec.table.name} full sync",
         )
         deleted = reconcile_soft_deletes(
@@ -227,10 +231,11 @@ def _sync_soft_deleted_table(
 CountsT = TypeVar("CountsT")
 
 
-def _write_listing(
-    conn: Connection, counts: CountsT, entity: Entity, listing_started_at: datetime
+def _merge_listing(
+    conn: Connection, merge: Callable[[Connection], CountsT], entity: Entity, listing_started_at: datetime
 ) -> CountsT:
-    """After a listing's merge, in its transaction: drop quarantined records the listing no longer had."""
+    """In one transaction: merge the staged listing, then drop quarantined records it no longer had."""
+    counts = merge(conn)
     apply.prune_quarantine(conn, entity, not_seen_since=listing_started_at)
     return counts
 
@@ -276,8 +281,11 @@ def _sync_memberships(engine: Engine, clerk: ClerkClient, settings: Settings, lo
         quarantined = stage_listing(engine, conn, clerk.iter_membership_pages(), stage_chunk)
         counts = run_in_transaction(
             conn,
-            lambda c: _write_listing(
-                c, apply.apply_listed_memberships(c, source=SOURCE), Entity.MEMBERSHIP, listing_started_at
+            lambda c: _merge_listing(
+                c,
+                partial(apply.apply_listed_memberships, source=SOURCE),
+                Entity.MEMBERSHIP,
+                listing_started_at,
             ),
             what="organization_members full sync",
         )
@@ -366,7 +374,8 @@ def reconcile_soft_deletes(
         _not_written_since(table, listing_started_at),
         ~sa.exists().where(listing_seen.c.id == table.c.id),
     )
-    unseen = _deletion_candidates(conn, table, sa.select(sa.func.count()).where(live), unlisted, max_fraction)
+    live_rows = sa.select(sa.func.count()).where(live)
+    unseen = [row.id for row in _deletion_candidates(conn, table, live_rows, unlisted, max_fraction)]
     exists = run_concurrently(lambda row_id: spec.lookup(clerk, row_id) is not None, unseen)
     confirmed = [row_id for row_id, kept in zip(unseen, exists, strict=True) if not kept]
     _log_kept(log, table.name, len(unseen) - len(confirmed))
@@ -401,7 +410,8 @@ def reconcile_memberships(
     )
     live = sa.select(sa.func.count()).select_from(members)
     unseen = [
-        MembershipKey(*row) for row in _deletion_candidates(conn, members, live, unlisted, max_fraction)
+        MembershipKey(row.organization_id, row.user_id, row.clerk_membership_id)
+        for row in _deletion_candidates(conn, members, live, unlisted, max_fraction)
     ]
     confirmed = _confirm_memberships_gone(clerk, unseen)
     _log_kept(log, members.name, len(unseen) - len(confirmed))
@@ -417,15 +427,14 @@ def reconcile_memberships(
 
 def _deletion_candidates(
     conn: Connection, table: sa.Table, live: sa.Select[Any], unlisted: sa.Select[Any], max_fraction: float
-) -> list[Any]:
+) -> Sequence[sa.Row[Any]]:
     """The rows a listing did not have, counted against the table's live rows before any is loaded, so a
     listing from the wrong instance is refused without reading the whole table into memory."""
     with conn.begin():
         live_rows = conn.execute(live).scalar_one()
         candidates = conn.execute(sa.select(sa.func.count()).select_from(unlisted.subquery())).scalar_one()
         check_deletion_share(table.name, candidates, live_rows, max_fraction)
-        rows = conn.execute(unlisted).all()
-    return [row[0] if len(row) == 1 else tuple(row) for row in rows]
+        return conn.execute(unlisted).all()
 
 
 def _log_kept(log: Log, table: str, kept: int) -> None:

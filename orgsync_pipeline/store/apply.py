@@ -214,8 +214,8 @@ def apply_profiles(conn: Connection, rows: Sequence[ProfileRow]) -> ApplyCounts:
 def apply_listed(conn: Connection, entity: Entity) -> ApplyCounts:
     """Upsert a full sync's staged listing of organizations or profiles (see :mod:`.staging`): the newest
     version of each record, unless a newer version of it failed validation."""
-    stage, listed = _ENTITY_STAGES[entity]
-    received = stage_newest_listed(conn, stage, listed, ["id"], record_key="id")
+    merge = _ENTITY_MERGES[entity]
+    received = stage_newest_listed(conn, merge.stage, merge.listed, ["id"], record_key="id")
     take_write_turn(conn)  # after staging: the turn is held only while the synced tables are written
     return _merge_staged_entity(conn, entity, received)
 
@@ -224,20 +224,27 @@ def _merge_staged_entity(conn: Connection, entity: Entity, received: int) -> App
     """Merge the staged organizations or profiles, then release the quarantined records that now validate."""
     if not received:
         return ApplyCounts()
-    stage, _ = _ENTITY_STAGES[entity]
-    target, content = (
-        (organizations, ORGANIZATION_CONTENT)
-        if entity == Entity.ORGANIZATION
-        else (profiles, PROFILE_CONTENT)
-    )
-    counts = _merge_entity(conn, target, stage, content, received)
-    _release_quarantine(conn, entity, stage)
+    merge = _ENTITY_MERGES[entity]
+    counts = _merge_entity(conn, merge.target, merge.stage, merge.content, received)
+    _release_quarantine(conn, entity, merge.stage)
     return counts
 
 
-_ENTITY_STAGES = {
-    Entity.ORGANIZATION: (stage_organizations, listed_organizations),
-    Entity.PROFILE: (stage_profiles, listed_profiles),
+@dataclass(frozen=True)
+class _EntityMerge:
+    """Where an entity's rows are staged (per apply, per full-sync listing) and merged, and what they hold."""
+
+    target: sa.Table
+    stage: sa.Table
+    listed: sa.Table
+    content: tuple[str, ...]
+
+
+_ENTITY_MERGES = {
+    Entity.ORGANIZATION: _EntityMerge(
+        organizations, stage_organizations, listed_organizations, ORGANIZATION_CONTENT
+    ),
+    Entity.PROFILE: _EntityMerge(profiles, stage_profiles, listed_profiles, PROFILE_CONTENT),
 }
 
 
