@@ -22,7 +22,7 @@ from orgsync_pipeline.clerk.client import (
 )
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.clerk.paging import run_concurrently
-from orgsync_pipeline.clerk.ratelimit import default_rate_limit
+from orgsync_pipeline.clerk.ratelimit import RateLimiter, default_rate_limit
 
 MEMBERS_PATH = re.compile(r"^/organizations/[^/]+/memberships$")
 FAST_RETRY = RetryPolicy(
@@ -499,3 +499,12 @@ def test_default_rate_limit_comes_from_the_key(emulator: ClerkEmulator) -> None:
         assert test.limiter is not live.limiter
     assert default_rate_limit("sk_live_x") == 1000
     assert default_rate_limit("sk_test_x") == default_rate_limit("unknown") == 100
+
+
+def test_the_limiter_spends_a_whole_window_at_once_then_waits_for_it_to_move() -> None:
+    """Clerk counts requests per window, so a listing may send the first window's whole budget at once:
+    the first ``limit`` requests wait for nothing; the next waits until the window has moved on."""
+    limiter = RateLimiter(limit=5, window=0.5)
+    waits = [limiter.acquire() for _ in range(6)]
+    assert waits[:5] == [0.0] * 5
+    assert waits[5] > 0

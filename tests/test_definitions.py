@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
 from orgsync_pipeline.resources import SyncPolicyResource
-from orgsync_pipeline.settings import DEFAULT_ROLE_MAP, SettingsError
+from orgsync_pipeline.settings import DEFAULT_ROLE_MAP, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,3 +151,14 @@ def test_secrets_stay_out_of_runs(
     )
     assert emulator.secret_key not in recorded
     assert password not in recorded
+
+
+def test_step_retry_delay_comes_from_the_setting() -> None:
+    """Both jobs retry a transient step failure after ORGSYNC_STEP_RETRY_DELAY_SECONDS (the tests set 0.1 s
+    before the code location loads; operators get 5 s by default)."""
+    assert load_settings({}).step_retry_delay_seconds == 5.0
+    for job in ("clerk_full_sync", "clerk_webhook_apply"):
+        policy = defs.resolve_job_def(job).op_retry_policy
+        assert policy is not None and policy.delay == 0.1, job
+    with pytest.raises(SettingsError, match="ORGSYNC_STEP_RETRY_DELAY_SECONDS"):
+        load_settings({"ORGSYNC_STEP_RETRY_DELAY_SECONDS": "soon"})
