@@ -653,6 +653,21 @@ def test_an_outage_answers_503_and_the_redeliveries_lose_nothing(
     assert {row["svix_id"]: row["payload"] for row in rows} == {**before, **during}
 
 
+def test_a_pooled_connection_the_database_closed_is_replaced_without_a_503(
+    proxied: tuple[Svix, TcpProxy], database_url: str
+) -> None:
+    """After a database restart every pooled connection is dead; the next delivery still lands."""
+    svix, proxy = proxied
+    assert svix.deliver(clerk_event()).status_code == 200  # leaves a connection in the pool
+    proxy.down()  # cuts it, as a restart would
+    proxy.up()
+
+    event, msg_id = clerk_event(), new_msg_id()
+    response = svix.deliver(event, msg_id=msg_id)
+    assert response.status_code == 200, response.text
+    assert {row["svix_id"]: row["payload"] for row in inbox_rows(database_url)}[msg_id] == event
+
+
 def test_the_receiver_starts_while_the_database_is_down(
     database_url: str, secret: str, tmp_path: Path
 ) -> None:
