@@ -21,6 +21,7 @@ from typing import Any
 import common
 
 from orgsync_pipeline.clerk.client import ClerkClient
+from orgsync_pipeline.clerk.paging import DEFAULT_MAX_IN_FLIGHT
 
 TARGET_RATIO = 1.15
 LIMITS = {"production (sk_live_)": 1000, "development (sk_test_)": 100}
@@ -65,7 +66,7 @@ def one_rate(args: argparse.Namespace, name: str, limit: int, pages: int) -> lis
     process.start()
     api_url, key = pipe.recv()
     try:
-        listed, seconds = list_all(api_url, key, limit, args.page_size, 16, float("inf"))
+        listed, seconds = list_all(api_url, key, limit, args.page_size, args.max_in_flight, float("inf"))
         bound = max(0.0, pages - limit) / (limit / WINDOW_SECONDS)
         time.sleep(WINDOW_SECONDS)  # an empty window for the sequential client
         seq_pages, seq_seconds = list_all(api_url, key, limit, args.page_size, 1, args.sequential_seconds)
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> common.Section:
     body = f"""### Results
 
 {common.machine()}. {args.latency * 1000:.0f} ms per request, {args.page_size} records per page; the client
-fetches up to 16 pages ahead once the listing's total is known.
+fetches up to {args.max_in_flight} pages ahead once the listing's total is known.
 
 {table}
 """
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-size", type=int, default=10)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--sequential-seconds", type=float, default=20.0)
+    parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT, help="pages ahead")
     common.add_database_argument(parser)
     return common.run_benchmark(parser, run, argv)
 

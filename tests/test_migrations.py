@@ -26,6 +26,7 @@ VERSIONS = [
     "0004_write_log",
     "0005_row_level_security",
     "0006_sync_runs",
+    "0007_bulk_load",
 ]
 SYNC_TABLES = (
     "organizations",
