@@ -19,6 +19,7 @@ from pydantic import Field
 from sqlalchemy.engine import Engine
 
 from orgsync_pipeline.clerk.client import ClerkClient, RetryPolicy
+from orgsync_pipeline.clerk.paging import DEFAULT_MAX_IN_FLIGHT
 from orgsync_pipeline.settings import (
     DEFAULT_CLERK_API_URL,
     DEFAULT_CLERK_MAX_ATTEMPTS,
@@ -48,6 +49,12 @@ class ClerkResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         description="Requests per 10 s that this process may send to Clerk, shared by every request "
         "(ORGSYNC_CLERK_RATE_LIMIT). Unset: Clerk's limit for the key, 1,000 for sk_live_ keys, else 100.",
     )
+    max_in_flight: int = Field(
+        default=DEFAULT_MAX_IN_FLIGHT,
+        ge=1,
+        description="Pages a listing fetches ahead once its size is known, under the rate limit "
+        "(ORGSYNC_CLERK_MAX_IN_FLIGHT). Each holds one parsed page (about 2 MB of memberships) in memory.",
+    )
     max_attempts: int = Field(
         default=DEFAULT_CLERK_MAX_ATTEMPTS,
         ge=1,
@@ -75,6 +82,7 @@ class ClerkResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             retry=retry,
             logger=logger or dg.get_dagster_logger(),
             rate_limit=self.rate_limit,
+            max_in_flight=self.max_in_flight,
         ) as client:
             yield client
 
@@ -184,6 +192,7 @@ def resources_from_environment(settings: Settings) -> dict[str, dg.ConfigurableR
             secret_key=dg.EnvVar("CLERK_SECRET_KEY") if settings.clerk_secret_key else "",
             api_url=settings.clerk_api_url,
             rate_limit=settings.clerk_rate_limit,
+            max_in_flight=settings.clerk_max_in_flight,
             max_attempts=settings.clerk_max_attempts,
             retry_seconds=settings.clerk_retry_seconds,
         ),

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orgsync_pipeline.clerk.paging import DEFAULT_MAX_IN_FLIGHT
+
 DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
 DEFAULT_FULL_SYNC_CRON = "0 * * * *"
 DEFAULT_MAX_DELETE_FRACTION = 0.2
@@ -70,6 +72,8 @@ class Settings:
     clerk_retry_seconds: float = DEFAULT_CLERK_RETRY_SECONDS
     # Requests per 10 s for the whole process; None: Clerk's limit for the key (sk_live_ 1,000, else 100).
     clerk_rate_limit: int | None = None
+    # Pages a listing fetches ahead; each holds one parsed page in memory.
+    clerk_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     # On-demand sync (POST /sync/…): session-token verification, per-user limit, browser origins.
     clerk_jwt_key: str | None = None
     authorized_parties: tuple[str, ...] = ()
@@ -108,6 +112,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env, "ORGSYNC_CLERK_RETRY_SECONDS", DEFAULT_CLERK_RETRY_SECONDS, minimum=0
         ),
         clerk_rate_limit=_optional_count(env, "ORGSYNC_CLERK_RATE_LIMIT"),
+        clerk_max_in_flight=int(
+            _number(env, "ORGSYNC_CLERK_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, minimum=1)
+        ),
         # A PEM in one environment line often has its newlines written as \n.
         clerk_jwt_key=(env.get("CLERK_JWT_KEY") or "").replace("\\n", "\n").strip() or None,
         authorized_parties=_csv(env, "ORGSYNC_AUTHORIZED_PARTIES"),

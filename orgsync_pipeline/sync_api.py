@@ -240,6 +240,8 @@ class SyncService:
                     timeout=CLERK_TIMEOUT_SECONDS,
                     retry=CLERK_RETRY,
                     logger=log,
+                    rate_limit=self._settings.clerk_rate_limit,  # the same limiter as every other request
+                    max_in_flight=self._settings.clerk_max_in_flight,
                 )
             return self._clerk
 

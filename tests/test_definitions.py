@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from orgsync_pipeline.clerk.emulator import ClerkEmulator
 from orgsync_pipeline.definitions import defs
-from orgsync_pipeline.resources import SyncPolicyResource
+from orgsync_pipeline.resources import ClerkResource, SyncPolicyResource
 from orgsync_pipeline.settings import DEFAULT_ROLE_MAP, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ def test_full_sync_cron_is_configurable() -> None:
 
 
 RESOURCE_FIELDS = {
-    "clerk": {"secret_key", "api_url", "rate_limit", "max_attempts", "retry_seconds"},
+    "clerk": {"secret_key", "api_url", "rate_limit", "max_in_flight", "max_attempts", "retry_seconds"},
     "postgres": {"database_url", "auto_migrate", "home"},
     "sync_policy": {"role_map", "max_delete_fraction"},
     "webhook_apply": {"mode", "backstop_seconds", "max_attempts", "batch_size"},
@@ -107,6 +107,7 @@ def test_resources_expose_every_run_setting_as_a_described_field() -> None:
     assert json.loads(values["sync_policy"]["role_map"]) == DEFAULT_ROLE_MAP
     assert values["webhook_apply"]["batch_size"] == 500
     assert values["clerk"]["max_attempts"] == 8
+    assert values["clerk"]["max_in_flight"] == 32
     assert values["clerk"]["secret_key"] == {"env": "CLERK_SECRET_KEY"}
 
 
@@ -162,3 +163,13 @@ def test_step_retry_delay_comes_from_the_setting() -> None:
         assert policy is not None and policy.delay == 0.1, job
     with pytest.raises(SettingsError, match="ORGSYNC_STEP_RETRY_DELAY_SECONDS"):
         load_settings({"ORGSYNC_STEP_RETRY_DELAY_SECONDS": "soon"})
+
+
+def test_the_clerk_resource_configures_its_client() -> None:
+    """The rate limit and the pages in flight set on the resource are the client's."""
+    resource = ClerkResource(
+        secret_key="sk_test_x", api_url="http://127.0.0.1:9", rate_limit=7, max_in_flight=3
+    )
+    with resource.client() as client:
+        assert client.max_in_flight == 3
+        assert client.limiter.limit == 7

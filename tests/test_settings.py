@@ -196,6 +196,14 @@ def test_clerk_rate_limit_is_read_from_the_environment() -> None:
         assert client.limiter.limit == 1000
 
 
+def test_clerk_max_in_flight_is_read_from_the_environment() -> None:
+    """``ORGSYNC_CLERK_MAX_IN_FLIGHT``: pages a listing fetches ahead, at least one."""
+    assert load_settings({}).clerk_max_in_flight == 32
+    assert load_settings({"ORGSYNC_CLERK_MAX_IN_FLIGHT": "8"}).clerk_max_in_flight == 8
+    with pytest.raises(SettingsError, match="ORGSYNC_CLERK_MAX_IN_FLIGHT"):
+        load_settings({"ORGSYNC_CLERK_MAX_IN_FLIGHT": "0"})
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"), [(None, True), ("", True), ("off", False), ("0", False), ("ON", True)]
 )
