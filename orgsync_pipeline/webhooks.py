@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import anyio
 import sqlalchemy as sa
 import uvicorn
-from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -29,10 +28,9 @@ from svix.webhooks import Webhook, WebhookVerificationError
 from orgsync_pipeline import webhook_request
 from orgsync_pipeline.apply_worker import ApplyWorker
 from orgsync_pipeline.event_types import is_handled
+from orgsync_pipeline.receiver_inbox import InboxDatabase, InboxWriter
 from orgsync_pipeline.receiver_metrics import instrument
 from orgsync_pipeline.settings import Settings, SettingsError, load_settings
-from orgsync_pipeline.store import inbox
-from orgsync_pipeline.store.database import configured_database_url, migrated_engine_for
 from orgsync_pipeline.sync_api import sync_routes
 
 log = logging.getLogger(__name__)
@@ -45,49 +43,6 @@ RETRY_AFTER_SECONDS = "30"
 DATABASE_TIMEOUT_SECONDS = 10.0
 
 
-class InboxDatabase:
-    """The inbox's database, connected (and migrated) on first use, so the receiver starts and
-    answers 503 while the database is down instead of refusing to start."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._engine: Engine | None = None
-        self._lock = threading.Lock()
-
-    def engine(self) -> Engine:
-        with self._lock:
-            if self._engine is None:
-                # No ping per checkout: it cost a fifth of the receiver's throughput
-                # (bench/bench_receiver.py: 607 -> 756 events/s); store() retries a dead one instead.
-                self._engine = migrated_engine_for(
-                    configured_database_url(self._settings),
-                    auto_migrate=self._settings.auto_migrate,
-                    pre_ping=False,
-                )
-            return self._engine
-
-    def store(self, svix_id: str, payload: dict[str, Any]) -> inbox.StoredEvent:
-        """Commit one event to the inbox, once more on a fresh connection if the pooled one was
-        dead: after a database restart SQLAlchemy discards the whole pool on the first failure, and
-        the store is idempotent by svix-id, so the retry cannot store an event twice."""
-        try:
-            return self._store_once(svix_id, payload)
-        except sa.exc.DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            return self._store_once(svix_id, payload)
-
-    def _store_once(self, svix_id: str, payload: dict[str, Any]) -> inbox.StoredEvent:
-        with self.engine().begin() as conn:
-            return inbox.store_event(
-                conn, svix_id=svix_id, payload=payload, handled=is_handled(payload["type"])
-            )
-
-    def ping(self) -> None:
-        with self.engine().connect() as conn:
-            conn.execute(sa.select(1))
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     """The receiver's ASGI app. Refuses to start without a usable signing secret."""
     settings = settings or load_settings()
@@ -98,11 +53,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
     verifier = _verifier(settings.webhook_secret.reveal())
     database = InboxDatabase(settings)
+    writer = InboxWriter(database)
     # Inline mode: this process applies what it commits; sensor mode leaves it to Dagster runs.
     worker = ApplyWorker(database.engine, settings) if settings.webhook_apply == "inline" else None
 
     async def receive_clerk_event(request: Request) -> JSONResponse:
-        return await _receive_clerk_event(request, verifier, database, worker)
+        return await _receive_clerk_event(request, verifier, writer, worker)
 
     async def healthz(request: Request) -> JSONResponse:
         try:
@@ -112,7 +68,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     app = Starlette(
-        lifespan=_apply_worker_lifespan(worker),
+        lifespan=_lifespan(writer, worker),
         routes=[
             Route("/webhooks/clerk", receive_clerk_event, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -123,7 +79,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 async def _receive_clerk_event(
-    request: Request, verifier: Webhook, database: InboxDatabase, worker: ApplyWorker | None
+    request: Request, verifier: Webhook, writer: InboxWriter, worker: ApplyWorker | None
 ) -> JSONResponse:
     """Verify one delivery, commit it to the inbox, answer, and wake the inline apply worker."""
     declared = request.headers.get("content-length", "")
@@ -138,7 +94,8 @@ async def _receive_clerk_event(
         return checked
     headers, event = checked
     try:
-        stored = await _within(DATABASE_TIMEOUT_SECONDS, database.store, headers["svix-id"], event)
+        with anyio.fail_after(DATABASE_TIMEOUT_SECONDS):
+            stored = await writer.store(headers["svix-id"], event)
     except sa.exc.DataError as exc:
         log.warning(
             "event %s cannot be stored: %s", webhook_request.clip(headers["svix-id"]), type(exc).__name__
@@ -219,17 +176,19 @@ def worker_app() -> Starlette:
     return create_app(settings)
 
 
-def _apply_worker_lifespan(
-    worker: ApplyWorker | None,
+def _lifespan(
+    writer: InboxWriter, worker: ApplyWorker | None
 ) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
-    """Start the inline apply worker with the app and stop it (after its batch in hand) on shutdown."""
+    """Run the inbox writer while the app runs; start the inline apply worker with the app and stop
+    it (after its batch in hand) on shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if worker is not None:
             worker.start()
         try:
-            yield
+            async with writer.running():
+                yield
         finally:
             if worker is not None:
                 await anyio.to_thread.run_sync(worker.stop)

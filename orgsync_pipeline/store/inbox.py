@@ -73,25 +73,54 @@ def event_time(payload: Any) -> datetime | None:
 
 def store_event(conn: Connection, *, svix_id: str, payload: dict[str, Any], handled: bool) -> StoredEvent:
     """Insert a verified event unless its ``svix-id`` is already stored (a redelivery)."""
-    inserted = conn.execute(
+    return store_events(conn, [NewEvent(svix_id, payload, handled)])[0]
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A verified event for the inbox; ``handled``: a type orgsync applies (else stored as ignored)."""
+
+    svix_id: str
+    payload: dict[str, Any]
+    handled: bool
+
+
+def store_events(conn: Connection, events: Sequence[NewEvent]) -> list[StoredEvent]:
+    """Insert verified events in one statement, each unless its ``svix-id`` is already stored (a
+    redelivery, or the same delivery twice in ``events``); one result per event, in order."""
+    rows = conn.execute(
         pg.insert(webhook_inbox)
-        .values(
-            svix_id=svix_id,
-            event_type=payload["type"],
-            payload=payload,
-            event_timestamp=event_time(payload),
-            status=InboxStatus.PENDING if handled else InboxStatus.IGNORED,
-            applied_at=None if handled else sa.func.now(),
-        )
+        .values([_inbox_row(event) for event in events])
         .on_conflict_do_nothing(index_elements=[webhook_inbox.c.svix_id])
-        .returning(webhook_inbox.c.id)
-    ).scalar_one_or_none()
-    if inserted is not None:
-        return StoredEvent(inserted, duplicate=False)
-    existing = conn.execute(
-        sa.select(webhook_inbox.c.id).where(webhook_inbox.c.svix_id == svix_id)
-    ).scalar_one()
-    return StoredEvent(existing, duplicate=True)
+        .returning(webhook_inbox.c.svix_id, webhook_inbox.c.id)
+    ).all()
+    inserted: dict[str, int] = {row.svix_id: row.id for row in rows}
+    missing = {event.svix_id for event in events} - inserted.keys()
+    known: dict[str, int] = {}
+    if missing:
+        query = sa.select(webhook_inbox.c.svix_id, webhook_inbox.c.id).where(
+            webhook_inbox.c.svix_id.in_(missing)
+        )
+        known = {row.svix_id: row.id for row in conn.execute(query)}
+    results = []
+    for event in events:
+        if event.svix_id in inserted:
+            results.append(StoredEvent(inserted.pop(event.svix_id), duplicate=False))
+            known[event.svix_id] = results[-1].inbox_id  # a second copy in this batch is a duplicate
+        else:
+            results.append(StoredEvent(known[event.svix_id], duplicate=True))
+    return results
+
+
+def _inbox_row(event: NewEvent) -> dict[str, Any]:
+    return {
+        "svix_id": event.svix_id,
+        "event_type": event.payload["type"],
+        "payload": event.payload,
+        "event_timestamp": event_time(event.payload),
+        "status": InboxStatus.PENDING if event.handled else InboxStatus.IGNORED,
+        "applied_at": None if event.handled else sa.func.now(),
+    }
 
 
 def _claimable() -> sa.ColumnElement[bool]:
