@@ -134,17 +134,17 @@ def phase_timers(into: dict[str, float]) -> Iterator[None]:
         (sync, "reconcile_memberships", PHASES[2]),
     ]
     originals = [(module, name, getattr(module, name)) for module, name, _ in patches]
-    originals += [(sync, name, getattr(sync, name)) for name in ("ORGANIZATIONS", "PROFILES")]
+    listings = dict(sync.SOFT_DELETED_LISTINGS)  # full_sync looks organizations and profiles up here
     for module, name, phase in patches:
         setattr(module, name, timed(phase, getattr(module, name)))
-    for name in ("ORGANIZATIONS", "PROFILES"):
-        spec = getattr(sync, name)
-        setattr(sync, name, dataclasses.replace(spec, validate=timed(PARTS[0], spec.validate)))
+    for table, spec in listings.items():
+        sync.SOFT_DELETED_LISTINGS[table] = dataclasses.replace(spec, validate=timed(PARTS[0], spec.validate))
     try:
         yield
     finally:
         for module, name, original in originals:
             setattr(module, name, original)
+        sync.SOFT_DELETED_LISTINGS.update(listings)
 
 
 @dataclass

@@ -149,13 +149,9 @@ def _merge(
     the target is empty and locked, its indexes deferred (:func:`_defer_indexes`), so a plain insert.
     """
     if into_empty:
-        loaded = (
-            pg.insert(target)
-            .from_select(list(values), source.add_columns(*values.values()))
-            .returning(sa.literal(1))
-            .cte("loaded")
-        )
-        inserted = conn.execute(sa.select(sa.func.count()).select_from(loaded)).scalar_one()
+        conn.execute(pg.insert(target).from_select(list(values), source.add_columns(*values.values())))
+        # Counted afterwards (the table was empty and stays locked): RETURNING would hold every row.
+        inserted = conn.execute(sa.select(sa.func.count()).select_from(target)).scalar_one()
         return ApplyCounts(received=received, inserted=inserted, unchanged=received - inserted)
     unchanged = (
         sa.exists()
