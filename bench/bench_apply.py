@@ -508,7 +508,15 @@ def render(
     deferred = by_phase[("memberships: first load", "merge, indexes deferred")]
     first_load = by_phase[("memberships: first load", "merge")]
     verdict = "met" if deferred.seconds <= 1.5 * floor.seconds else "missed"
+    unchanged = by_phase[("memberships: no-change resync", "merge")]
+    changed = by_phase[("memberships: every row changed", "merge")]
+    targets = "; ".join(
+        f"{label} {phase.rows / phase.seconds:,.0f} rows/s (target ≥ {goal:,}: "
+        f"{'met' if phase.rows / phase.seconds >= goal else 'missed'})"
+        for label, phase, goal in (("unchanged", unchanged, 100_000), ("changed", changed, 40_000))
+    )
     against_copy = (
+        f"Targets at {unchanged.rows:,} memberships: {targets}. "
         f"A first load as the full sync makes it (indexes and foreign keys built after the rows): "
         f"{seconds(deferred.seconds)} s, {deferred.seconds / floor.seconds:.2f} times a plain `COPY` of the "
         f"same rows into an unindexed table ({seconds(floor.seconds)} s; target ≤ 1.5: {verdict}); "
