@@ -134,3 +134,27 @@ def test_an_empty_table_a_reader_holds_is_merged_without_waiting_for_it(
 
     assert table_definition(engine) == before
     assert landed(engine)["members"]
+
+
+def test_new_memberships_get_time_ordered_ids(engine: Engine) -> None:
+    """organization_members.id defaults to a version-7 UUID: its first 48 bits are the time in ms."""
+    with engine.begin() as conn:
+        conn.execute(sa.insert(organizations).values(id="org_1", name="One"))
+        conn.execute(sa.insert(profiles).values([{"id": "user_1"}, {"id": "user_2"}]))
+        ids = []
+        for user_id in ("user_1", "user_2"):
+            ids.append(
+                conn.execute(
+                    sa.insert(organization_members)
+                    .values(organization_id="org_1", user_id=user_id, role="member", clerk_role="org:member")
+                    .returning(organization_members.c.id)
+                ).scalar_one()
+            )
+            conn.execute(sa.select(sa.func.pg_sleep(0.002)))
+        now_ms = conn.execute(
+            sa.text("SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)")
+        ).scalar_one()
+
+    assert [uid.version for uid in ids] == [7, 7]
+    assert ids[0] < ids[1]
+    assert 0 <= now_ms - (ids[1].int >> 80) < 60_000

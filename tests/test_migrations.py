@@ -27,6 +27,7 @@ VERSIONS = [
     "0005_row_level_security",
     "0006_sync_runs",
     "0007_bulk_load",
+    "0008_time_ordered_member_ids",
 ]
 SYNC_TABLES = (
     "organizations",
