@@ -8,7 +8,6 @@ which is what lets one worker store more events per second than one ``INSERT`` p
 """
 
 import asyncio
-import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -23,8 +22,6 @@ from orgsync_pipeline.event_types import is_handled
 from orgsync_pipeline.settings import Settings
 from orgsync_pipeline.store import inbox
 from orgsync_pipeline.store.database import configured_database_url, migrated_engine_for
-
-log = logging.getLogger(__name__)
 
 # Batches written at once per process: one fills while the other commits.
 CONCURRENT_BATCHES = 2
@@ -57,7 +54,7 @@ class InboxDatabase:
         refuse one event's values (a ``DataError``), the others are stored one by one and that
         event's result is the error, so one bad event never costs the others their 2xx."""
         try:
-            return list(self._store_retrying(events))
+            return list(self._store_retrying(events))  # a list of the wider type
         except sa.exc.DataError:
             if len(events) == 1:
                 raise

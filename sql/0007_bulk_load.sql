@@ -1,5 +1,5 @@
 -- A first load into an empty table, with its indexes and foreign keys built once after the rows
--- instead of maintained row by row, is about four times faster at a million memberships (see
+-- instead of maintained row by row, is 2.4 times faster at a million memberships (see
 -- BENCHMARKS.md, section 1). orgsync_defer_indexes drops them, remembering their definitions as the
 -- catalog states them; orgsync_restore_indexes builds them again. Both run inside the loading
 -- transaction, so a failure anywhere rolls the DDL back together with the rows.

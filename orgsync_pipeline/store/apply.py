@@ -139,20 +139,12 @@ def _merge(
     source: sa.Select[*tuple[Any, ...]],
     compared: Sequence[str],
     received: int,
-    *,
-    into_empty: bool = False,
 ) -> ApplyCounts:
     """``INSERT … SELECT … ON CONFLICT (key) DO UPDATE … WHERE`` writing only new and changed rows.
 
     Incoming rows that would change nothing are filtered out before the insert, so they never
-    reach the conflict path, which would lock (and so write to) every matching row. ``into_empty``:
-    the target is empty and locked, its indexes deferred (:func:`_defer_indexes`), so a plain insert.
+    reach the conflict path, which would lock (and so write to) every matching row.
     """
-    if into_empty:
-        conn.execute(pg.insert(target).from_select(list(values), source.add_columns(*values.values())))
-        # Counted afterwards (the table was empty and stays locked): RETURNING would hold every row.
-        inserted = conn.execute(sa.select(sa.func.count()).select_from(target)).scalar_one()
-        return ApplyCounts(received=received, inserted=inserted, unchanged=received - inserted)
     unchanged = (
         sa.exists()
         .where(*(target.c[name] == values[name] for name in key))
@@ -350,7 +342,6 @@ def _merge_staged_memberships(
     if staged.profile_stubs:
         result.profile_stubs = _insert_staged_stubs(conn)
     if staged.memberships:
-        bulk_load = bulk_load and staged.memberships >= BULK_LOAD_MIN_ROWS
         result.memberships = _merge_memberships(conn, staged.memberships, source=source, bulk_load=bulk_load)
     if staged.organizations:
         _release_quarantine(conn, Entity.ORGANIZATION, stage_organizations)
@@ -360,7 +351,7 @@ def _merge_staged_memberships(
 def _merge_memberships(conn: Connection, received: int, *, source: str, bulk_load: bool) -> ApplyCounts:
     stage = stage_memberships
     quarantined = _orphans(conn, stage)
-    into_empty = bulk_load and _defer_indexes(conn, organization_members)
+    into_empty = bulk_load and received >= BULK_LOAD_MIN_ROWS and _defer_indexes(conn, organization_members)
     updated_at = _ms_to_timestamptz(stage.c.updated_at)
     values: dict[str, sa.ColumnElement[Any]] = {
         "organization_id": stage.c.organization_id,
@@ -388,18 +379,12 @@ def _merge_memberships(conn: Connection, received: int, *, source: str, bulk_loa
         )
     )
     compared = ("clerk_membership_id", "role", "clerk_role", "joined_at", "updated_at")
-    counts = _merge(
-        conn,
-        organization_members,
-        ["organization_id", "user_id"],
-        values,
-        alive,
-        compared,
-        received,
-        into_empty=into_empty,
-    )
     if into_empty:
-        conn.execute(sa.select(sa.func.orgsync_restore_indexes()))
+        counts = _load_into_empty(conn, organization_members, values, alive, received)
+    else:
+        counts = _merge(
+            conn, organization_members, ["organization_id", "user_id"], values, alive, compared, received
+        )
     counts.unchanged -= len(quarantined)
     counts.quarantined = quarantine(conn, quarantined, source=source)
     delete_quarantined_where(
@@ -415,8 +400,8 @@ def _merge_memberships(conn: Connection, received: int, *, source: str, bulk_loa
 
 
 # A full sync's membership batch at least this large, into an empty table, is loaded with the
-# table's indexes and foreign keys built afterwards (about 4x faster at a million rows); below it the
-# DDL and the locks it takes would cost more than they save.
+# table's indexes and foreign keys built afterwards (2.4x faster at a million rows, bench/bench_apply.py);
+# below it the DDL and the locks it takes would cost more than they save.
 BULK_LOAD_MIN_ROWS = 50_000
 
 
@@ -429,6 +414,22 @@ def _defer_indexes(conn: Connection, target: sa.Table) -> bool:
         sa.select(sa.func.orgsync_defer_indexes(sa.cast(sa.literal(target.name), pg.REGCLASS)))
     ).scalar_one()
     return bool(deferred)
+
+
+def _load_into_empty(
+    conn: Connection,
+    target: sa.Table,
+    values: dict[str, sa.ColumnElement[Any]],
+    source: sa.Select[*tuple[Any, ...]],
+    received: int,
+) -> ApplyCounts:
+    """Insert the rows into ``target``, empty, locked and without its indexes (:func:`_defer_indexes`),
+    then build the indexes and foreign keys again."""
+    conn.execute(pg.insert(target).from_select(list(values), source.add_columns(*values.values())))
+    # Counted afterwards (the table was empty and stays locked): RETURNING would hold every row.
+    inserted = conn.execute(sa.select(sa.func.count()).select_from(target)).scalar_one()
+    conn.execute(sa.select(sa.func.orgsync_restore_indexes()))
+    return ApplyCounts(received=received, inserted=inserted, unchanged=received - inserted)
 
 
 def _orphans(conn: Connection, stage: sa.Table) -> list[QuarantinedRecord]:
